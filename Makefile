@@ -1,0 +1,55 @@
+# heed — every target sets itself up on a fresh machine (a venv in .venv).
+#   make reproduce [PROFILE=small|smoke|full] [ONLY=name]   rebuild figures/ through papermill
+#   make test                                               what CI runs
+#   make lab                                                JupyterLab with the project's kernel
+# GPU users: make reproduce TORCH_SPEC="torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= small
+ONLY ?=
+STAMP := $(VENV)/.heed-installed
+
+.PHONY: setup reproduce test lab export sync-check nbtest pytest smoke clean
+
+setup: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name heed --display-name "Python (heed)" >/dev/null
+	touch $@
+
+reproduce: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/heed reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+
+test: $(STAMP) sync-check nbtest pytest smoke
+
+# heed/ must be exactly what nbs/ exports, notebooks must be clean, README.md must match index.ipynb.
+sync-check: $(STAMP)
+	$(BIN)/python tools/check_sync.py
+
+nbtest: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/nbdev_test --n_workers 2 $(if $(SLOW),--flags slow)
+
+pytest: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q $(if $(SLOW),-m "slow or not slow")
+
+smoke: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/heed reproduce --profile smoke
+
+# After editing notebooks: write heed/ and README.md from nbs/, and clean the notebooks.
+export: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	$(BIN)/python tools/render_readme.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=. --MultiKernelManager.default_kernel_name=heed
+
+clean:
+	rm -rf runs _proc _docs build dist *.egg-info

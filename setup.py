@@ -1,0 +1,51 @@
+"""Packaging for heed. Metadata and dependencies come from settings.ini (declared once there)."""
+from configparser import ConfigParser
+from pathlib import Path
+
+import setuptools
+
+here = Path(__file__).parent
+cfg = ConfigParser(delimiters=["="])
+cfg.read(here / "settings.ini", encoding="utf-8")
+cfg = cfg["DEFAULT"]
+
+statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable", "6 - Mature", "7 - Inactive"]
+licenses = {"mit": ("MIT License", "OSI Approved :: MIT License")}
+lic = licenses[cfg["license"]]
+
+
+def reqs(key):
+    return cfg.get(key, "").split()
+
+
+setuptools.setup(
+    name=cfg["lib_name"],
+    version=cfg["version"],
+    description=cfg["description"],
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    author=cfg["author"],
+    author_email=cfg["author_email"],
+    url=cfg["git_url"],
+    license=lic[0],
+    keywords=cfg["keywords"].split(),
+    classifiers=[
+        "Development Status :: " + statuses[int(cfg["status"]) - 1],
+        "Intended Audience :: " + cfg["audience"],
+        "License :: " + lic[1],
+        "Natural Language :: " + cfg["language"],
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+    python_requires=">=" + cfg["min_python"],
+    packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
+    include_package_data=True,
+    package_data={cfg["lib_path"]: ["configs/*.yaml", "configs/*/*.yaml"]},
+    install_requires=reqs("requirements"),
+    extras_require={"dev": reqs("dev_requirements"), "cuda": reqs("cuda_requirements")},
+    entry_points={
+        "console_scripts": cfg["console_scripts"].split(),
+        "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+    },
+    zip_safe=False,
+)
