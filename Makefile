@@ -47,6 +47,7 @@ export: $(STAMP)
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
 	$(BIN)/python tools/render_readme.py
+	$(BIN)/python -c "from heed.train import write_presets; write_presets('configs')"
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. --MultiKernelManager.default_kernel_name=heed

@@ -40,7 +40,6 @@ setuptools.setup(
     python_requires=">=" + cfg["min_python"],
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
-    package_data={cfg["lib_path"]: ["configs/*.yaml", "configs/*/*.yaml"]},
     install_requires=reqs("requirements"),
     extras_require={"dev": reqs("dev_requirements"), "cuda": reqs("cuda_requirements")},
     entry_points={

@@ -53,8 +53,34 @@ def _add_reproduce(sub):
     p.add_argument("--list", action="store_true", help="list the notebooks that would run, and exit")
     p.set_defaults(func=_cmd_reproduce)
 
-# %% ../nbs/21_cli.ipynb #a564dcf3
-SUBCOMMANDS = [_add_env, _add_reproduce]
+# %% ../nbs/21_cli.ipynb #b042cdf2
+def _cmd_train(args) -> int:
+    from heed.train import PRESETS, NonFiniteLoss, load_config, train
+    if args.list:
+        for name in sorted(PRESETS): print(name)
+        return 0
+    if not args.config:
+        print("heed train: error: give a CONFIG (YAML file or preset name; --list shows the presets)", file=sys.stderr)
+        return 2
+    cfg = load_config(args.config, args.overrides)
+    try:
+        res = train(cfg, max_steps=args.max_steps)
+    except (NonFiniteLoss, FileExistsError) as e:
+        print(f"heed train: stopped: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(res, indent=2))
+    return 0
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="run a training job: pretrain | align | distill | sft")
+    p.add_argument("config", nargs="?", help="YAML config file or preset name (e.g. pretrain-smoke)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. weighting=uniform lr=1e-3 data.n_train=500")
+    p.add_argument("--max-steps", type=int, help="stop this invocation after N steps with a checkpoint (resume=true continues)")
+    p.add_argument("--list", action="store_true", help="list the shipped presets and exit")
+    p.set_defaults(func=_cmd_train)
+
+# %% ../nbs/21_cli.ipynb #6a8f78e9
+SUBCOMMANDS = [_add_env, _add_reproduce, _add_train]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heed", description="HEED: density-weighted residual alignment for hybrid VLM distillation")
@@ -79,3 +105,8 @@ def main(argv=None) -> int:
 def cli():
     "Console-script entry point."
     sys.exit(main())
+
+# %% ../nbs/21_cli.ipynb #1405ecf8
+#| eval: false
+if __name__ == "__main__":  # `python -m heed.cli` / `accelerate launch -m heed.cli`
+    cli()

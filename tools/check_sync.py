@@ -50,6 +50,12 @@ def main() -> int:
         run([BIN / "nbdev_export"], t)  # into an empty heed/: stray hand-made files show up too
         problems += compare(ROOT / "heed", t / "heed", "heed",
                             "heed/ is written by nbdev_export only: edit the notebook in nbs/, then `make export`")
+        # configs/ is the YAML rendering of heed.train's presets, written by `make export`
+        if (ROOT / "configs").exists() or (t / "heed" / "train.py").exists():
+            r = subprocess.run([sys.executable, "-c", "import sys; from heed.train import write_presets; write_presets(sys.argv[1])",
+                                str(t / "configs")], cwd=t, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(t)})
+            if r.returncode: sys.exit(f"rendering configs/ failed:\n{r.stderr}")
+            problems += compare(ROOT / "configs", t / "configs", "configs", "configs/ is rendered from heed.train presets: run `make export`")
         run([BIN / "nbdev_clean"], t)
         problems += compare(ROOT / "nbs", t / "nbs", "nbs", "notebook not clean: run `make export` (nbdev_clean)")
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "render_readme.py"), "--check"], capture_output=True, text=True)
