@@ -277,18 +277,26 @@ def batch_token_weights(batch, method: str = DEFAULT_METHOD, features: VisionFea
 
 # %% ../nbs/04_density.ipynb #1fc77581
 def words_image(background: np.ndarray, n_words: int = 6, seed: int = 0, font_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    "Dark words drawn at random places on a float (H, W, 3) background in [0, 1] → (image, ink mask (H, W) bool)."
+    """Words drawn at random places on a float (H, W, 3) background in [0, 1] → (image, ink mask (H, W) bool).
+
+    Each word is dark (0.05) on a light patch of background and light (0.95) on a dark one, as legible text is."""
     rng = np.random.default_rng(seed)
-    H, W = background.shape[:2]
-    mask = Image.new("L", (W, H), 0)
-    draw, font = ImageDraw.Draw(mask), ImageFont.load_default(size=font_size)
+    img = background.astype(np.float32).copy()
+    H, W = img.shape[:2]
+    font = ImageFont.load_default(size=font_size)
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
+    ink = np.zeros((H, W), dtype=bool)
     for _ in range(n_words):
         word = "".join(rng.choice(list(letters), size=rng.integers(3, 8)))
-        draw.text((int(rng.integers(0, max(1, W - 8 * font_size))), int(rng.integers(0, max(1, H - font_size - 4)))), word, fill=255, font=font)
-    ink = np.asarray(mask) > 127
-    img = background.astype(np.float32).copy()
-    img[ink] = 0.05
+        xy = (int(rng.integers(0, max(1, W - 8 * font_size))), int(rng.integers(0, max(1, H - font_size - 4))))
+        layer = Image.new("L", (W, H), 0)
+        ImageDraw.Draw(layer).text(xy, word, fill=255, font=font)
+        m = np.asarray(layer) > 127
+        if not m.any(): continue
+        ys, xs = np.nonzero(m)
+        lum = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1].mean()
+        img[m] = 0.05 if lum > 0.5 else 0.95
+        ink |= m
     return img, ink
 
 def ink_fraction(ink: np.ndarray, shape: tuple, patch_size: int = 32) -> torch.Tensor:
