@@ -20,9 +20,12 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['JOBS', 'WEIGHTINGS', 'FINGERPRINT_FIELDS', 'PRESETS', 'TrainConfig', 'load_config', 'config_dict', 'fingerprint',
-           'preset', 'write_presets', 'lr_factor', 'batch_indices', 'NonFiniteLoss', 'check_finite',
-           'check_fingerprint', 'write_text_atomic', 'replace_dir_atomic', 'find_checkpoint', 'Job', 'train']
+__all__ = ['JOBS', 'WEIGHTINGS', 'FINGERPRINT_FIELDS', 'PRESETS', 'ACCELERATE_CONFIGS', 'AUX_LOSSES', 'JOB_BUILDERS',
+           'TrainConfig', 'load_config', 'config_dict', 'fingerprint', 'preset', 'write_presets', 'lr_factor',
+           'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'write_text_atomic',
+           'replace_dir_atomic', 'find_checkpoint', 'Job', 'train', 'home_path', 'synth_splits', 'load_model',
+           'check_pair', 'AuxHeads', 'glyph_loss', 'TeacherWithHeads', 'pretrain_job', 'align_job', 'distill_job',
+           'sft_job', 'build_job']
 
 # %% ../nbs/09_train.ipynb #0893b5a9
 JOBS = ("pretrain", "align", "distill", "sft")
@@ -164,10 +167,31 @@ def preset(name: str) -> dict:
     if job in ("align", "distill"): d["steps"] = max(2, scale["steps"] // 3)  # students converge faster than a teacher from scratch
     return d
 
+#: accelerate launch configs shipped beside the presets (`accelerate launch --config_file configs/accelerate/NAME.yaml -m heed.cli train ...`)
+ACCELERATE_CONFIGS = {
+    # CPUs: no config file needed, `accelerate launch --multi_gpu --num_processes 2 -m heed.cli train ...` runs torchrun,
+    # and train() picks gloo DDP on a machine without CUDA (a MULTI_CPU config would go through mpirun instead).
+    # GPUs: the student is sharded per decoder layer / vision block; the frozen teacher is not wrapped
+    # (8B in bf16 is 16 GB per GPU), and frozen parameters (the vision tower) need use_orig_params.
+    "fsdp-gpu-8": dict(compute_environment="LOCAL_MACHINE", distributed_type="FSDP", num_processes=8, num_machines=1,
+                       machine_rank=0, mixed_precision="bf16", use_cpu=False, main_training_function="main",
+                       fsdp_config=dict(fsdp_version=2, fsdp_auto_wrap_policy="TRANSFORMER_BASED_WRAP",
+                                        fsdp_transformer_layer_cls_to_wrap="Qwen3VLTextDecoderLayer,Qwen3VLVisionBlock",
+                                        fsdp_state_dict_type="SHARDED_STATE_DICT", fsdp_cpu_ram_efficient_loading=True,
+                                        fsdp_reshard_after_forward=True, fsdp_use_orig_params=True,
+                                        fsdp_activation_checkpointing=True)),
+}
+
 def write_presets(folder) -> list[Path]:
-    "Write every preset as YAML into `folder` (what `make export` does for configs/)."
+    "Write every preset as YAML into `folder`, and the accelerate configs into `folder/accelerate` (what `make export` does for configs/)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     out = []
+    (folder / "accelerate").mkdir(exist_ok=True)
+    for name, c in ACCELERATE_CONFIGS.items():
+        p = folder / "accelerate" / f"{name}.yaml"
+        p.write_text(f"# accelerate launch --config_file configs/accelerate/{name}.yaml -m heed.cli train PRESET [key=value ...]\n"
+                     + yaml.safe_dump(c, sort_keys=False))
+        out.append(p)
     for name in sorted(PRESETS):
         p = folder / f"{name}.yaml"
         p.write_text(f"# heed train {p.name}   (preset {name!r}; any key can be overridden: heed train {p.name} lr=1e-3)\n"
@@ -275,7 +299,8 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     from tqdm.auto import tqdm
     cfg = _check(cfg)
     out = Path(cfg.output_dir)
-    acc = Accelerator(mixed_precision=_precision(cfg))
+    # cpu=True on a CPU-only machine is what makes accelerate pick gloo DDP under torchrun / `accelerate launch --multi_gpu`
+    acc = Accelerator(mixed_precision=_precision(cfg), cpu=not torch.cuda.is_available())
     ckpt = find_checkpoint(out)
     if cfg.resume and ckpt is None:
         raise FileNotFoundError(f"resume=True but {out} holds no checkpoint (expected {out / 'checkpoint'}/trainer_state.json)")
@@ -317,6 +342,7 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
         if acc.is_main_process and tmp.exists(): shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every process has written its RNG state before the folder moves
         if acc.is_main_process:
             write_text_atomic(tmp / "trainer_state.json", json.dumps(dict(step=step, fingerprint=fingerprint(cfg))))
             replace_dir_atomic(tmp, out / "checkpoint")
@@ -372,7 +398,8 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
             job.save(acc.unwrap_model(module), tmp)
             replace_dir_atomic(tmp, out / "model")
             write_text_atomic(out / "result.json", json.dumps(result, indent=2))
-    acc.wait_for_everyone()
+    acc.wait_for_everyone()  # a barrier before the process group goes: without it gloo runs sometimes abort at exit
+    if world > 1: acc.end_training()
     return result
 
 class _nullcontext:
@@ -405,3 +432,194 @@ def _toy_job(cfg: TrainConfig, device, nan_at: int | None = None) -> Job:
         folder.mkdir(parents=True, exist_ok=True); torch.save(m.state_dict(), folder / "weights.pt")
     return Job(module, list(zip(X, Y)), lambda ex: {"x": torch.stack([e[0] for e in ex]), "y": torch.stack([e[1] for e in ex])},
                loss, save, evaluate=lambda m: {"mse": float(((m(X) - Y) ** 2).mean())}, description="toy regression")
+
+# %% ../nbs/09_train.ipynb #82c8164a
+def home_path(p) -> Path:
+    "A config path: absolute as given, else relative to the project root (or cwd outside a clone)."
+    from heed.env import home_dir
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else home_dir() / p
+
+def synth_splits(cfg: TrainConfig):
+    "The HEED-Synth DatasetDict a config asks for (generated once, then read from data/cache)."
+    from heed.synth import make_synth
+    d = dict(cfg.data)
+    sizes = [int(d.pop(k, v)) for k, v in (("n_train", 1000), ("n_val", 128), ("n_test", 128))]
+    return make_synth(*sizes, seed=int(d.pop("seed", 0)), **d)
+
+def load_model(path, device=None):
+    "A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor)."
+    from transformers import AutoConfig
+    from heed.teacher import VLProcessor, load_teacher
+    path = home_path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a model folder written by heed train, or a Qwen3-VL checkpoint)")
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    if getattr(getattr(cfg, "text_config", None), "mamba_layers", None):
+        from heed.hybrid import Qwen3VLHybridForConditionalGeneration
+        model = Qwen3VLHybridForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        return model.to(device or "cpu").eval(), VLProcessor.from_pretrained(path)
+    t = load_teacher(path, device=device)
+    return t.model, t.processor
+
+def check_pair(teacher, student) -> None:
+    "Refuse a teacher/student pair whose vocabulary or hidden size differ, naming which."
+    tt, st = teacher.config.text_config, student.config.text_config
+    for k in ("vocab_size", "hidden_size", "num_hidden_layers"):
+        if getattr(tt, k) != getattr(st, k):
+            raise ValueError(f"teacher and student differ in text {k}: teacher {getattr(tt, k)}, student {getattr(st, k)}")
+
+# %% ../nbs/09_train.ipynb #bbfb7aa2
+AUX_LOSSES = ("glyph", "scene_cell")
+
+class AuxHeads(torch.nn.Module):
+    "Teacher-only heads on the merged visual tokens: glyph per sub-patch, and the shape of each merged cell."
+    def __init__(self, dim: int, merge: int, n_glyphs: int, n_shapes: int):
+        super().__init__()
+        self.merge, self.n_glyphs = merge, n_glyphs
+        self.glyph = torch.nn.Linear(dim, merge * merge * (n_glyphs + 1))
+        self.scene_cell = torch.nn.Linear(dim, n_shapes + 1)
+
+def glyph_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    "logits (N, C), targets (N,) with 0 = empty: mean CE over glyph slots + mean CE over empty slots."
+    ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    ink, empty = targets > 0, targets == 0
+    return sum(ce[m].mean() for m in (ink, empty) if m.any())
+
+class TeacherWithHeads(torch.nn.Module):
+    "A teacher and its auxiliary heads as one trainable module: forward(batch) -> named loss terms (unweighted)."
+    def __init__(self, model, heads: AuxHeads | None, aux: dict):
+        super().__init__()
+        self.model, self.heads, self.aux = model, heads, dict(aux)
+
+    def forward(self, batch: dict) -> dict:
+        inputs = {k: v for k, v in batch.items() if k not in ("glyph_targets", "cell_targets")}
+        feats = []
+        hook = self.model.model.visual.merger.register_forward_hook(lambda m, a, o: feats.append(o)) if self.heads else None
+        try: out = self.model(**inputs)
+        finally:
+            if hook: hook.remove()
+        terms = {"ce": out.loss}
+        if self.heads is not None:
+            merged = feats[-1]                                  # (n_visual_tokens, dim), images in batch order
+            if self.aux.get("glyph"):
+                g = self.heads.glyph(merged).view(-1, self.heads.n_glyphs + 1)
+                terms["glyph"] = self.aux["glyph"] * glyph_loss(g, batch["glyph_targets"].reshape(-1).to(g.device))
+            if self.aux.get("scene_cell"):
+                c = self.heads.scene_cell(merged)
+                terms["scene_cell"] = self.aux["scene_cell"] * torch.nn.functional.cross_entropy(
+                    c.float(), batch["cell_targets"].reshape(-1).to(c.device))
+        return terms
+
+# %% ../nbs/09_train.ipynb #936850fb
+def _answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    "(B, L) True where the logit predicts an answer token (position t predicts token t+1)."
+    m = torch.zeros_like(labels, dtype=torch.bool)
+    m[:, :-1] = labels[:, 1:] != -100
+    return m
+
+def _model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in ("glyph_targets", "cell_targets", "labels")}
+
+def _evaluator(cfg: TrainConfig, processor, split):
+    "Greedy-generation accuracy on the first `eval_examples` validation examples, per category and overall."
+    n = min(cfg.eval_examples, len(split))
+    if n == 0: return None
+    rows = split.select(range(n))
+    def evaluate(model) -> dict:
+        from heed.evaluate import evaluate_model
+        res = evaluate_model(model, processor, rows, batch_size=32, progress=False)
+        return {k: round(float(v), 4) for k, v in res["scores"].items()}
+    return evaluate
+
+def pretrain_job(cfg: TrainConfig, device) -> Job:
+    "Train the toy teacher from scratch: answer CE plus the recipe's auxiliary losses."
+    from heed.synth import GLYPH_ALPHABET, SHAPES
+    from heed.teacher import AnswerCollator, build_toy_teacher, save_teacher
+    bad = sorted(set(cfg.aux) - set(AUX_LOSSES))
+    if bad: raise ValueError(f"aux={cfg.aux}: unknown auxiliary loss(es) {bad}; expected some of {AUX_LOSSES}")
+    model_kw = dict(cfg.model)
+    t = build_toy_teacher(seed=cfg.seed, **model_kw)
+    model = t.model.to(device).train()
+    aux = {k: float(v) for k, v in cfg.aux.items() if float(v) > 0}
+    heads = None
+    if aux:
+        vc = model.config.vision_config
+        heads = AuxHeads(vc.out_hidden_size, vc.spatial_merge_size, len(GLYPH_ALPHABET), len(SHAPES)).to(device)
+    splits = synth_splits(cfg)
+    def save(m, folder):
+        save_teacher(m.model, t.processor, folder)
+        if m.heads is not None: torch.save(m.heads.state_dict(), Path(folder) / "aux_heads.pt")
+    ev = _evaluator(cfg, t.processor, splits["validation"])
+    return Job(TeacherWithHeads(model, heads, aux), splits["train"], AnswerCollator(t.processor, aux_targets=bool(aux)),
+               lambda m, b: m(b), save, evaluate=(lambda m: ev(m.model)) if ev else None,
+               description=f"pretrain toy teacher ({sum(p.numel() for p in model.parameters()):,} params), aux={aux}")
+
+def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
+    "align / distill / sft: a hybrid student, optionally against a frozen teacher."
+    from heed.align import alignment_weights, capture_residuals, kd_loss, mamba_layers_of, residual_alignment_loss, teacher_forward
+    from heed.hybrid import hybridize
+    from heed.teacher import AnswerCollator
+    teacher = processor = None
+    if cfg.teacher:
+        teacher, processor = load_model(cfg.teacher, device)
+        if getattr(teacher.config.text_config, "mamba_layers", None):
+            raise ValueError(f"teacher={cfg.teacher!r} is a hybrid student (mamba_layers set); expected a transformer teacher")
+        teacher.requires_grad_(False).eval()
+    if cfg.init:
+        student, sp = load_model(cfg.init, device)
+        processor = processor or sp
+    elif teacher is not None:
+        student = hybridize(teacher)  # a deep copy: the teacher stays intact
+    else:
+        raise ValueError(f"job {cfg.job!r} needs init=STUDENT_DIR or teacher=TEACHER_DIR")
+    if teacher is not None: check_pair(teacher, student)
+    mamba = mamba_layers_of(student)
+    if not mamba and cfg.job == "align": raise ValueError("align needs a hybrid student with Mamba layers; this one has none")
+    layers = list(cfg.align_layers) if cfg.align_layers is not None else mamba
+    student.train()
+    student.requires_grad_(cfg.job != "align")
+    if cfg.job == "align":                 # stage 1: only the Mamba mixers learn
+        dec = student.model.language_model.layers
+        for i in mamba: dec[i].self_attn.requires_grad_(True)
+    else:                                  # stage 2 and sft: all but the vision tower
+        student.model.visual.requires_grad_(False)
+
+    def loss(module, batch):
+        inputs = _model_inputs(batch)
+        out_terms = {}
+        if "align" in terms or "kd" in terms:
+            tout = teacher_forward(teacher, inputs, layers)
+            w = alignment_weights(inputs, cfg.weighting, tout.vision, cfg.density_method or _default_density(),
+                                  cfg.density_sharpness, cfg.density_floor, cfg.text_weight, model=teacher)
+        with capture_residuals(student, layers) as sres:
+            out = module(**inputs, labels=batch["labels"]) if "ce" in terms else module(**inputs)
+        if "align" in terms:
+            out_terms["align"] = cfg.align_weight * residual_alignment_loss(sres, tout.residuals, w, inputs["attention_mask"], layers)
+        if "kd" in terms:
+            out_terms["kd"] = cfg.kd_weight * kd_loss(out.logits, tout.logits, _answer_mask(batch["labels"]), cfg.kd_temperature)
+        if "ce" in terms: out_terms["ce"] = out.loss
+        return out_terms
+
+    def save(m, folder):
+        folder = Path(folder); m.save_pretrained(folder); processor.save_pretrained(folder)
+    splits = synth_splits(cfg)
+    return Job(student, splits["train"], AnswerCollator(processor), loss, save,
+               evaluate=_evaluator(cfg, processor, splits["validation"]),
+               description=f"{cfg.job}: student with Mamba layers {mamba}, aligned layers {layers}, terms {terms}, weighting {cfg.weighting}")
+
+def _default_density():
+    from heed.density import DEFAULT_METHOD
+    return DEFAULT_METHOD
+
+def align_job(cfg, device) -> Job: return _student_job(cfg, device, ("align",))
+def distill_job(cfg, device) -> Job: return _student_job(cfg, device, ("kd", "align"))
+def sft_job(cfg, device) -> Job:
+    if not cfg.init: raise ValueError("sft needs init=STUDENT_DIR (the distilled student)")
+    return _student_job(cfg, device, ("ce",))
+
+JOB_BUILDERS = dict(pretrain=pretrain_job, align=align_job, distill=distill_job, sft=sft_job)
+
+def build_job(cfg: TrainConfig, device) -> Job:
+    "The Job for `cfg.job`."
+    return JOB_BUILDERS[cfg.job](cfg, device)
