@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
 
 logger = logging.getLogger("heed.evaluate")
 
 # %% auto #0
-__all__ = ['logger', 'normalize_text', 'exact_match', 'levenshtein', 'anls', 'relaxed_accuracy', 'vqa_normalize', 'vqa_accuracy',
-           'ocrbench_match', 'extract_option', 'option_accuracy']
+__all__ = ['logger', 'DEFAULT_SCORERS', 'normalize_text', 'exact_match', 'levenshtein', 'anls', 'relaxed_accuracy',
+           'vqa_normalize', 'vqa_accuracy', 'ocrbench_match', 'extract_option', 'option_accuracy', 'check_rows',
+           'generate_answers', 'score_predictions', 'EvalResult', 'evaluate', 'ScriptedModel', 'DegradationReport',
+           'degradation_report']
 
 # %% ../nbs/08_evaluate.ipynb #c1d27e9e
 def _answers(answer_or_answers) -> list[str]:
@@ -156,3 +161,266 @@ def extract_option(prediction, options="ABCD") -> str | None:
 def option_accuracy(prediction, answer: str, options="ABCD") -> float:
     "1.0 when the extracted option letter is `answer`, else 0.0 (unparseable replies score 0)."
     return float(extract_option(prediction, options) == answer.strip().upper())
+
+# %% ../nbs/08_evaluate.ipynb #abe78103
+DEFAULT_SCORERS = {"exact_match": exact_match, "anls": anls}
+
+def _read_row(dataset, i: int) -> dict:
+    "Row `i`, with its image decoded now, so a corrupt file is reported with the example's name."
+    try: row = dataset[i]
+    except Exception as e: raise ValueError(f"example {i}: could not be read ({type(e).__name__}: {e})") from None
+    name = row.get("id", i)
+    img = row.get("image")
+    if img is None: raise ValueError(f"example {name}: image is missing")
+    try: img.load()
+    except Exception as e: raise ValueError(f"example {name}: image could not be decoded ({type(e).__name__}: {e})") from None
+    return row
+
+def _gold(row):
+    "The acceptable answers of a row: its `answers` list when it has one, else its `answer`."
+    a = row.get("answers") or row.get("answer")
+    try: return _answers(a)
+    except TypeError: raise ValueError(f"example {row.get('id', '?')}: answer {a!r} is missing or not a string") from None
+
+def check_rows(rows: Sequence[dict], categories: Sequence[str] | None) -> None:
+    "Raise a ValueError naming the first bad example (question, answer, category)."
+    for i, r in enumerate(rows):
+        name = r.get("id", i)
+        q = r.get("question")
+        if not isinstance(q, str) or not q.strip(): raise ValueError(f"example {name}: question {q!r} is empty or not a string")
+        if not all(a.strip() for a in _gold(r)): raise ValueError(f"example {name}: an answer is empty")
+        c = r.get("category")
+        if not isinstance(c, str) or (categories is not None and c not in categories):
+            raise ValueError(f"example {name}: unknown category {c!r}; expected one of {tuple(categories or ())}")
+
+# %% ../nbs/08_evaluate.ipynb #f19f91b5
+def generate_answers(model, processor, rows: Sequence[dict], batch_size: int = 16, max_new_tokens: int = 16,
+                     progress: bool = False) -> list[str]:
+    "Greedy replies of `model` to `rows` (each with image and question), in order."
+    import torch
+    from heed.teacher import AnswerCollator
+    collate = AnswerCollator(processor, padding_side="left", with_answers=False)
+    device = next(model.parameters()).device
+    chunks = range(0, len(rows), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="generate", unit="batch")
+    out = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for s in chunks:
+                batch = {k: v.to(device) for k, v in collate(rows[s:s + batch_size]).items()}
+                seq = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=processor.im_end_id, pad_token_id=processor.pad_token_id)
+                out += processor.decode(seq[:, batch["input_ids"].shape[1]:])
+    finally:
+        model.train(was_training)
+    return out
+
+def score_predictions(rows: Sequence[dict], predictions: Sequence[str], scorers: dict | None = None, log=None):
+    "Per-example scores: a DataFrame with id, category, group, question, answer, prediction and one column per scorer."
+    import pandas as pd
+    scorers = scorers or DEFAULT_SCORERS
+    log = log or logger
+    if len(rows) != len(predictions): raise ValueError(f"{len(rows)} rows but {len(predictions)} predictions")
+    recs = []
+    for i, (r, p) in enumerate(zip(rows, predictions)):
+        name, gold = r.get("id", i), _gold(r)
+        rec = dict(id=name, category=r.get("category"), group=r.get("group", r.get("category")), question=r.get("question"),
+                   answer=gold[0] if len(gold) == 1 else gold, prediction=p, unparsed=False)
+        if not isinstance(p, str) or not p.strip():
+            log.warning("example %s: empty or non-text reply %r scores 0", name, p)
+            rec["unparsed"] = True
+        for sname, f in scorers.items():
+            try: rec[sname] = float(f(p if isinstance(p, str) else None, gold))
+            except Exception as e:
+                log.warning("example %s: reply %r could not be scored by %s (%s: %s); scored 0", name, p, sname, type(e).__name__, e)
+                rec[sname], rec["unparsed"] = 0.0, True
+        recs.append(rec)
+    return pd.DataFrame.from_records(recs)
+
+# %% ../nbs/08_evaluate.ipynb #5648044e
+@dataclass
+class EvalResult:
+    examples: "pd.DataFrame"
+    metric: str = "exact_match"
+
+    @property
+    def scorers(self) -> list:
+        return [c for c in self.examples.columns if c not in ("id", "category", "group", "question", "answer", "prediction", "unparsed")]
+    def by_category(self):
+        g = self.examples.groupby("category", sort=False)
+        out = g[self.scorers].mean()
+        out.insert(0, "n", g.size()); out.insert(0, "group", g["group"].first())
+        return out
+    def by_group(self):
+        bc = self.by_category()
+        out = bc.groupby("group", sort=False)[self.scorers].mean()
+        out.insert(0, "n", bc.groupby("group", sort=False)["n"].sum())
+        return out
+    @property
+    def aggregate(self) -> float: return float(self.by_category()[self.metric].mean())
+    @property
+    def micro(self) -> float: return float(self.examples[self.metric].mean())
+    def summary(self) -> dict:
+        return {"aggregate": self.aggregate, "micro": self.micro, **self.by_category()[self.metric].to_dict()}
+    def __repr__(self):
+        return (f"EvalResult({len(self.examples)} examples, {self.metric}: aggregate {self.aggregate:.3f}, micro {self.micro:.3f})\n"
+                f"{self.by_category().round(3).to_string()}")
+
+def evaluate(model, processor, dataset, split: str = "test", batch_size: int = 16, max_new_tokens: int = 16,
+             scorers: dict | None = None, metric: str = "exact_match", categories: Sequence[str] | None = "synth",
+             limit: int | None = None, progress: bool = False, log=None) -> EvalResult:
+    """Generate and score every example of `dataset` (a Dataset, or a DatasetDict and its `split`).
+
+    `categories='synth'` accepts HEED-Synth's categories; pass a list for other data, or None to accept any."""
+    scorers = scorers or DEFAULT_SCORERS
+    if metric not in scorers: raise ValueError(f"metric {metric!r} is not one of the scorers {list(scorers)}")
+    if categories == "synth":
+        from heed.synth import CATEGORIES
+        categories = CATEGORIES
+    if hasattr(dataset, "keys") and not hasattr(dataset, "features"):
+        if split not in dataset: raise ValueError(f"split {split!r} not in the dataset; it has {list(dataset.keys())}")
+        dataset = dataset[split]
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    rows = [_read_row(dataset, i) for i in range(n)]
+    check_rows(rows, categories)
+    preds = generate_answers(model, processor, rows, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+    return EvalResult(score_predictions(rows, preds, scorers, log=log), metric=metric)
+
+# %% ../nbs/08_evaluate.ipynb #22e8dfc8
+class ScriptedModel:
+    "A stand-in with Qwen3-VL's `generate` interface that replies from a script (for tests)."
+    def __init__(self, processor, replies: Sequence[str]):
+        import torch
+        self.processor, self.replies, self.calls = processor, list(replies), []
+        self.training, self._p = False, torch.nn.Parameter(torch.zeros(1))
+    def parameters(self): yield self._p
+    def eval(self): return self
+    def train(self, mode=True): return self
+    def generate(self, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids, max_new_tokens=16, **kw):
+        import torch
+        assert int(mm_token_type_ids.sum()) == int((image_grid_thw.prod(-1) // self.processor.merge ** 2).sum())
+        assert bool((attention_mask[:, -1] == 1).all()), "prompts must be left-padded"
+        B, tok = input_ids.shape[0], self.processor.tokenizer
+        rep = [self.replies.pop(0) for _ in range(B)]
+        self.calls.append(B)
+        ids = [tok(r, add_special_tokens=False).input_ids[:max_new_tokens - 1] + [self.processor.im_end_id] for r in rep]
+        L = max(map(len, ids))
+        new = torch.full((B, L), self.processor.pad_token_id, dtype=torch.long)
+        for b, x in enumerate(ids): new[b, :len(x)] = torch.tensor(x)
+        return torch.cat([input_ids, new], 1)
+
+# %% ../nbs/08_evaluate.ipynb #6529b447
+def _frame(x, metric):
+    import pandas as pd
+    df = x.examples if isinstance(x, EvalResult) else x
+    if not isinstance(df, pd.DataFrame): raise TypeError(f"expected an EvalResult or a DataFrame, got {type(x).__name__}")
+    missing = {"id", "category", metric} - set(df.columns)
+    if missing: raise ValueError(f"scores lack the column(s) {sorted(missing)}")
+    if df["id"].duplicated().any(): raise ValueError(f"duplicate example ids, e.g. {df['id'][df['id'].duplicated()].iloc[0]!r}")
+    if "group" not in df: df = df.assign(group=df["category"])
+    return df[["id", "category", "group", metric]]
+
+@dataclass
+class DegradationReport:
+    table: "pd.DataFrame"
+    metric: str
+    tolerance: float
+    examples: "pd.DataFrame" = field(repr=False)
+    teacher_name: str = "teacher"
+    student_name: str = "student"
+
+    @property
+    def flagged(self) -> list: return self.table.index[self.table["flag"] != ""].tolist()
+    @property
+    def hidden(self) -> bool: return bool((self.table["flag"] == "hidden drop").any())
+
+    def markdown(self, digits: int = 1) -> str:
+        "The table as GitHub markdown: scores and gaps in points, 95% intervals in brackets."
+        f = lambda v: f"{v:.{digits}f}"
+        lines = [f"| category | n | {self.teacher_name} | {self.student_name} | gap [95% CI] | flag |", "|---|---:|---:|---:|---:|---|"]
+        for name, r in self.table.iterrows():
+            lab = f"**{name}**" if r["level"] != "category" else name
+            lines.append(f"| {lab} | {int(r['n'])} | {f(r['teacher'])} [{f(r['teacher_lo'])}, {f(r['teacher_hi'])}] | "
+                         f"{f(r['student'])} [{f(r['student_lo'])}, {f(r['student_hi'])}] | "
+                         f"{f(r['gap'])} [{f(r['gap_lo'])}, {f(r['gap_hi'])}] | {r['flag']} |")
+        return "\n".join(lines)
+
+    def figure(self, title: str | None = None):
+        "Scores per category (bars, 95% CI) and the gap per category and level (points, paired 95% CI)."
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+        t = self.table
+        cats = t.index[t["level"] == "category"].tolist()
+        fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw=dict(width_ratios=[1.4, 1]))
+        long = []
+        for side, col in ((self.teacher_name, "teacher"), (self.student_name, "student")):
+            long += [dict(category=c, model=side, score=t.loc[c, col], lo=t.loc[c, f"{col}_lo"], hi=t.loc[c, f"{col}_hi"]) for c in cats]
+        import pandas as pd
+        long = pd.DataFrame(long)
+        sns.barplot(data=long, x="category", y="score", hue="model", ax=a, palette=["#4c72b0", "#dd8452"], errorbar=None)
+        for patch_group, side in zip(a.containers, (self.teacher_name, self.student_name)):
+            sub = long[long.model == side].set_index("category").loc[cats]
+            xs = [p.get_x() + p.get_width() / 2 for p in patch_group]
+            a.errorbar(xs, sub["score"], yerr=[sub["score"] - sub["lo"], sub["hi"] - sub["score"]], fmt="none", ecolor="k", lw=1)
+        a.set_ylabel(f"{self.metric} (points)"); a.set_xlabel(""); a.set_ylim(0, 105); a.legend(loc="lower left", fontsize=8)
+        rows = t.index.tolist()
+        colours = ["#c44e52" if t.loc[r, "flag"] else ("#333333" if t.loc[r, "level"] != "category" else "#55a868") for r in rows]
+        y = np.arange(len(rows))[::-1]
+        b.axvspan(-self.tolerance, self.tolerance, color="#dddddd", zorder=0)
+        b.axvline(0, color="k", lw=0.8)
+        for yi, r, c in zip(y, rows, colours):
+            b.errorbar(t.loc[r, "gap"], yi, xerr=[[t.loc[r, "gap"] - t.loc[r, "gap_lo"]], [t.loc[r, "gap_hi"] - t.loc[r, "gap"]]],
+                       fmt="o", color=c, capsize=3)
+        b.set_yticks(y); b.set_yticklabels(rows); b.set_xlabel(f"{self.student_name} − {self.teacher_name} (points)")
+        b.set_title("hidden drop" if self.hidden else "gap, paired 95% CI", color="#c44e52" if self.hidden else "k", fontsize=10)
+        if title: fig.suptitle(title)
+        fig.tight_layout()
+        return fig
+
+def degradation_report(teacher, student, metric: str = "exact_match", tolerance: float = 2.0, n_boot: int = 2000,
+                       ci: float = 0.95, seed: int = 0, teacher_name: str = "teacher", student_name: str = "student") -> DegradationReport:
+    "Teacher vs student per category, group and (macro) aggregate, with paired bootstrap CIs and hidden-drop flags."
+    import pandas as pd
+    T, S = _frame(teacher, metric), _frame(student, metric)
+    if set(T["id"]) != set(S["id"]):
+        only_t, only_s = sorted(set(T["id"]) - set(S["id"]))[:3], sorted(set(S["id"]) - set(T["id"]))[:3]
+        raise ValueError(f"teacher and student were scored on different examples (only teacher: {only_t}, only student: {only_s})")
+    m = T.merge(S[["id", "category", metric]], on="id", suffixes=("_t", "_s"))
+    if (m["category_t"] != m["category_s"]).any():
+        bad = m.loc[m["category_t"] != m["category_s"], "id"].iloc[0]
+        raise ValueError(f"example {bad}: category differs between teacher and student scores")
+    m = m.rename(columns={"category_t": "category"})
+    cats = list(dict.fromkeys(m["category"]))
+    group_of = m.groupby("category")["group"].first().to_dict()
+    rng = np.random.default_rng(seed)
+    boot_t, boot_s, point_t, point_s, n = {}, {}, {}, {}, {}
+    for c in cats:
+        sub = m[m["category"] == c]
+        t_, s_ = sub[f"{metric}_t"].to_numpy(float), sub[f"{metric}_s"].to_numpy(float)
+        idx = rng.integers(0, len(sub), (n_boot, len(sub)))  # one draw for both models: a paired bootstrap
+        boot_t[c], boot_s[c] = t_[idx].mean(1), s_[idx].mean(1)
+        point_t[c], point_s[c], n[c] = t_.mean(), s_.mean(), len(sub)
+    levels = [(c, "category", [c]) for c in cats]
+    groups = list(dict.fromkeys(group_of[c] for c in cats))
+    if len(groups) > 1 or groups[0] not in cats: levels += [(g, "group", [c for c in cats if group_of[c] == g]) for g in groups]
+    levels.append(("aggregate", "aggregate", cats))
+    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
+    recs = []
+    for name, level, members in levels:
+        bt = np.mean([boot_t[c] for c in members], 0) * 100
+        bs = np.mean([boot_s[c] for c in members], 0) * 100
+        pt, ps = np.mean([point_t[c] for c in members]) * 100, np.mean([point_s[c] for c in members]) * 100
+        recs.append(dict(name=name, level=level, group=group_of[members[0]] if level == "category" else name,
+                         n=sum(n[c] for c in members), teacher=pt, teacher_lo=np.percentile(bt, lo_q), teacher_hi=np.percentile(bt, hi_q),
+                         student=ps, student_lo=np.percentile(bs, lo_q), student_hi=np.percentile(bs, hi_q),
+                         gap=ps - pt, gap_lo=np.percentile(bs - bt, lo_q), gap_hi=np.percentile(bs - bt, hi_q)))
+    table = pd.DataFrame.from_records(recs).set_index("name")
+    agg_gap = table.loc["aggregate", "gap"]
+    within = abs(agg_gap) <= tolerance
+    table["flag"] = ["" if r.level == "aggregate" or r.gap >= -tolerance else ("hidden drop" if within else "drop")
+                     for r in table.itertuples()]
+    return DegradationReport(table, metric, tolerance, m, teacher_name, student_name)
