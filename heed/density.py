@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 # %% auto #0
-__all__ = ['METHODS', 'DEFAULT_METHOD', 'neighbour_dissimilarity', 'subpatch_dissimilarity', 'gradient_energy',
-           'pixel_density_map', 'image_density', 'density_weights', 'VisionFeatures', 'vision_features',
-           'capture_vision', 'patches_to_images', 'visual_token_density', 'visual_mask', 'token_weights',
-           'batch_token_weights', 'words_image', 'ink_fraction', 'ink_scores']
+__all__ = ['METHODS', 'DEFAULT_METHOD', 'LUMA', 'CLIP_STD', 'neighbour_dissimilarity', 'subpatch_dissimilarity', 'luminance',
+           'gradient_energy', 'pixel_density_map', 'image_density', 'density_weights', 'VisionFeatures',
+           'vision_features', 'capture_vision', 'patches_to_images', 'visual_token_density', 'visual_mask',
+           'token_weights', 'batch_token_weights', 'words_image', 'ink_fraction', 'ink_scores']
 
 # %% ../nbs/04_density.ipynb #d46cf0f9
 METHODS = ("feature", "subpatch", "pixel")
@@ -35,21 +35,21 @@ def _unit(x: torch.Tensor, zero_tol: float = 0.0) -> tuple[torch.Tensor, torch.T
     empty = n <= zero_tol
     return torch.where(empty, torch.zeros_like(x), x / n.clamp_min(1e-30)), empty[..., 0].float()
 
+_HALF_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))  # each unordered pair of 8-neighbours once
+
 def neighbour_dissimilarity(features: torch.Tensor, zero_tol: float = 0.0) -> torch.Tensor:
-    "1 − mean cosine to the 8-neighbours. features: (rows, cols, dim) → (rows, cols); a 1×1 grid gives 0."
-    if features.ndim != 3: raise ValueError(f"features must be (rows, cols, dim), got shape {tuple(features.shape)}")
-    R, C, _ = features.shape
+    "1 − mean cosine to the 8-neighbours. features: (..., rows, cols, dim) → (..., rows, cols); a 1×1 grid gives 0."
+    if features.ndim < 3: raise ValueError(f"features must be (..., rows, cols, dim), got shape {tuple(features.shape)}")
+    R, C = features.shape[-3:-1]
     f, z = _unit(features, zero_tol)
-    fp = F.pad(f, (0, 0, 1, 1, 1, 1))  # zero border: a missing neighbour contributes 0 and is not counted
-    zp = F.pad(z, (1, 1, 1, 1))
-    valid = F.pad(f.new_ones(R, C), (1, 1, 1, 1))
-    total, count = f.new_zeros(R, C), f.new_zeros(R, C)
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            if dr == dc == 0: continue
-            sl = (slice(1 + dr, 1 + dr + R), slice(1 + dc, 1 + dc + C))
-            total += (f * fp[sl]).sum(-1) + z * zp[sl]  # two empty vectors count as identical
-            count += valid[sl]
+    total, count = f.new_zeros(f.shape[:-1]), f.new_zeros(R, C)
+    for dr, dc in _HALF_NEIGHBOURS:  # a pair's cosine is computed once and credited to both cells
+        if R - dr <= 0 or C - abs(dc) <= 0: continue
+        a = (slice(0, R - dr), slice(max(0, -dc), C - max(0, dc)))
+        b = (slice(dr, R), slice(max(0, dc), C - max(0, -dc)))
+        cs = torch.linalg.vecdot(f[..., a[0], a[1], :], f[..., b[0], b[1], :]) + z[..., a[0], a[1]] * z[..., b[0], b[1]]
+        total[..., a[0], a[1]] += cs; total[..., b[0], b[1]] += cs  # two empty vectors count as identical
+        count[a] += 1; count[b] += 1
     return torch.where(count > 0, 1 - total / count.clamp_min(1), torch.zeros_like(total))
 
 def subpatch_dissimilarity(groups: torch.Tensor, zero_tol: float = 0.0) -> torch.Tensor:
@@ -83,18 +83,29 @@ def _patches(x: torch.Tensor, p: int) -> torch.Tensor:
     R, Cc = H // p, W // p
     return x[:, :R * p, :Cc * p].reshape(C, R, p, Cc, p).permute(1, 3, 0, 2, 4)
 
+LUMA = (0.299, 0.587, 0.114)
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    "(..., C, H, W) → (..., 1, H, W): Rec. 601 luma of RGB(A); a single channel is returned as it is."
+    if x.shape[-3] == 1: return x
+    if x.shape[-3] < 3: raise ValueError(f"expected 1 or >= 3 channels, got {x.shape[-3]}")
+    return torch.einsum("...chw,c->...hw", x[..., :3, :, :], x.new_tensor(LUMA)).unsqueeze(-3)
+
 def gradient_energy(x: torch.Tensor) -> torch.Tensor:
-    "Forward-difference gradient energy summed over channels. x: (C, H, W) → (H, W); the last row/column get 0 across the edge."
-    dx = F.pad(x[:, :, 1:] - x[:, :, :-1], (0, 1))
-    dy = F.pad(x[:, 1:, :] - x[:, :-1, :], (0, 0, 0, 1))
-    return (dx * dx + dy * dy).sum(0)
+    "Forward-difference gradient energy summed over channels. x: (..., C, H, W) → (..., H, W); nothing across the far edges."
+    e = x.new_zeros(x.shape[:-3] + x.shape[-2:])
+    e[..., :, :-1] += (x[..., :, 1:] - x[..., :, :-1]).pow(2).sum(-3)
+    e[..., :-1, :] += (x[..., 1:, :] - x[..., :-1, :]).pow(2).sum(-3)
+    return e
 
 def pixel_density_map(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    "Pixel proxy on a (C, H, W) image → (rows, cols): each patch's RMS gradient over the image's mean; 0 when flat."
+    "Pixel proxy. x: (..., C, H, W) → (..., rows, cols): each patch's RMS gradient over its image's mean; 0 when flat."
     e = gradient_energy(x)
-    rms = _patches(e[None], patch_size).mean((-1, -2, -3)).sqrt()
-    m = rms.mean()
-    return rms / m if m > 0 else torch.zeros_like(rms)
+    H, W = e.shape[-2:]
+    R, C, p = H // patch_size, W // patch_size, patch_size
+    rms = e[..., :R * p, :C * p].reshape(*e.shape[:-2], R, p, C, p).mean((-3, -1)).sqrt()
+    m = rms.mean((-2, -1), keepdim=True)
+    return torch.where(m > 0, rms / m.clamp_min(torch.finfo(rms.dtype).tiny), torch.zeros_like(rms))
 
 def _pixel_features(x: torch.Tensor, patch_size: int, method: str) -> torch.Tensor:
     xc = x - x.mean((1, 2), keepdim=True)  # image-mean centring, see above
@@ -119,27 +130,40 @@ def image_density(image, patch_size: int = 32, method: str = DEFAULT_METHOD, mod
     if x.shape[1] < patch_size or x.shape[2] < patch_size:
         raise ValueError(f"image of size {tuple(x.shape[1:])} is smaller than one {patch_size}-pixel patch")
     with torch.no_grad():
-        if method == "pixel": return pixel_density_map(x, patch_size)
+        if method == "pixel": return pixel_density_map(luminance(x), patch_size)
         f = _pixel_features(x, patch_size, method)
         tol = 1e-5 * float(x.abs().max()) * f.shape[-1] ** 0.5  # rounding-level vectors are empty, whatever the contrast
         return neighbour_dissimilarity(f, tol) if method == "feature" else subpatch_dissimilarity(f, tol)
 
 # %% ../nbs/04_density.ipynb #3b42e8e6
+def _check_density(d: torch.Tensor):
+    if not torch.isfinite(d).all(): raise ValueError("density has NaN or infinite values")
+    if (d < 0).any(): raise ValueError(f"density must be >= 0, got a minimum of {d.min().item():.3g}")
+
+def _weights_rows(d: torch.Tensor, sharpness: float, floor: float) -> torch.Tensor:
+    "density_weights for each row of d: (images, tokens) → (images, tokens)."
+    p = d ** sharpness
+    lo, hi = p.amin(-1, keepdim=True), p.amax(-1, keepdim=True)
+    flat = (hi <= 0) | ((hi - lo) <= 1e-6 * hi)  # a flat image: nothing to prefer
+    w = torch.where(flat, torch.ones_like(p), p / p.mean(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny))
+    return floor + (1 - floor) * w
+
 @torch.no_grad()
 def density_weights(density, sharpness: float = 1.0, floor: float = 0.1):
     "Weights of mean exactly 1 per image. density: tensor of any shape (one image) or a list of them → same."
-    if isinstance(density, (list, tuple)): return [density_weights(d, sharpness, floor) for d in density]
     if not (sharpness >= 0): raise ValueError(f"sharpness={sharpness}: expected a number >= 0")
     if not (0 <= floor <= 1): raise ValueError(f"floor={floor}: expected a number in [0, 1]")
+    if isinstance(density, (list, tuple)):
+        ds = [torch.as_tensor(d).detach().float() for d in density]
+        if len(ds) > 1 and all(d.shape == ds[0].shape for d in ds) and ds[0].numel():  # equal grids: one vectorised pass
+            st = torch.stack(ds)
+            _check_density(st)
+            return list(_weights_rows(st.reshape(len(ds), -1), sharpness, floor).reshape(st.shape).unbind(0))
+        return [density_weights(d, sharpness, floor) for d in ds]
     d = torch.as_tensor(density).detach().float()
     if d.numel() == 0: return d.clone()
-    if not torch.isfinite(d).all(): raise ValueError("density has NaN or infinite values")
-    if (d < 0).any(): raise ValueError(f"density must be >= 0, got a minimum of {d.min().item():.3g}")
-    p = d ** sharpness
-    lo, hi = p.min(), p.max()
-    if hi <= 0 or (hi - lo) <= 1e-6 * hi: return torch.ones_like(d)  # flat image: nothing to prefer
-    w = p / p.mean()
-    return floor + (1 - floor) * w
+    _check_density(d)
+    return _weights_rows(d.reshape(1, -1), sharpness, floor).reshape(d.shape)
 
 # %% ../nbs/04_density.ipynb #ec8877d6
 @dataclass
@@ -183,51 +207,89 @@ def capture_vision(model):
     finally: h.remove()
 
 # %% ../nbs/04_density.ipynb #8de0992e
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # Qwen2-VL / Qwen3-VL image processors normalise with CLIP's mean and std
+
+def _grid_groups(grid: list) -> dict:
+    "Images with the same (h, w) grid, for one vectorised pass each: {(h, w): [(image index, first patch row), ...]}."
+    groups, start = {}, 0
+    for i, (t, h, w) in enumerate(grid):
+        if t != 1: raise ValueError(f"grid {(t, h, w)}: only still images (t = 1) are supported")
+        groups.setdefault((h, w), []).append((i, start))
+        start += h * w
+    return groups
+
+def _unpatchify(rows: torch.Tensor, n: int, h: int, w: int, p: int, m: int, tp: int, channels: int,
+                mix: torch.Tensor | None = None) -> torch.Tensor:
+    """n images' patch rows (n·h·w, C·T·p·p) → (n, C, h·p, w·p), first frame of each temporal group.
+
+    mix (C,): combine the channels into one on the way (one pass over the rows) → (n, 1, h·p, w·p)."""
+    if h % m or w % m: raise ValueError(f"grid {(1, h, w)} is not a multiple of merge_size={m}")
+    x = rows.reshape(n, h // m, w // m, m, m, channels, tp, p, p)[..., 0, :, :]  # (n, a, b, mh, mw, C, p, p)
+    if mix is not None:
+        x = (x.float() * mix.float().view(-1, 1, 1)).sum(-3, keepdim=True)  # (n, a, b, mh, mw, 1, p, p)
+        channels = 1
+    return x.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(n, channels, h * p, w * p).float()
+
+def _group_rows(pixel_values: torch.Tensor, members: list, h: int, w: int) -> torch.Tensor:
+    starts = [s for _, s in members]
+    if all(b - a == h * w for a, b in zip(starts, starts[1:])):  # consecutive images: a view, no copy
+        return pixel_values[starts[0]:starts[0] + len(starts) * h * w]
+    return torch.cat([pixel_values[s:s + h * w] for s in starts])
+
+def _check_pixel_values(pixel_values, grid, p, tp, channels):
+    n = sum(t * h * w for t, h, w in grid)
+    row = channels * tp * p ** 2
+    if pixel_values.ndim != 2 or pixel_values.shape != (n, row):
+        raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}, expected ({n}, {row}) from grid_thw={grid}")
+
 def patches_to_images(pixel_values: torch.Tensor, grid_thw, patch_size: int = 16, merge_size: int = 2,
                       temporal_patch_size: int = 2, channels: int = 3) -> list[torch.Tensor]:
     "Undo Qwen-VL patchify. pixel_values: (n_patches, C·T·p·p) → list of (C, h·p, w·p), one per image (t = 1)."
     grid = torch.as_tensor(grid_thw).tolist()
-    n = sum(t * h * w for t, h, w in grid)
-    row = channels * temporal_patch_size * patch_size ** 2
-    if pixel_values.ndim != 2 or pixel_values.shape != (n, row):
-        raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}, expected ({n}, {row}) from grid_thw={grid}")
-    out, start, m, p = [], 0, merge_size, patch_size
-    for t, h, w in grid:
-        if t != 1: raise ValueError(f"grid {(t, h, w)}: only still images (t = 1) are supported")
-        if h % m or w % m: raise ValueError(f"grid {(t, h, w)} is not a multiple of merge_size={m}")
-        x = pixel_values[start:start + h * w].reshape(h // m, w // m, m, m, channels, temporal_patch_size, p, p)[..., 0, :, :]
-        out.append(x.permute(4, 0, 2, 5, 1, 3, 6).reshape(channels, h * p, w * p).float())
-        start += h * w
+    _check_pixel_values(pixel_values, grid, patch_size, temporal_patch_size, channels)
+    out = [None] * len(grid)
+    for (h, w), members in _grid_groups(grid).items():
+        x = _unpatchify(_group_rows(pixel_values, members, h, w), len(members), h, w, patch_size, merge_size, temporal_patch_size, channels)
+        for (i, _), xi in zip(members, x): out[i] = xi
     return out
 
 # %% ../nbs/04_density.ipynb #faaf00f6
 @torch.no_grad()
 def visual_token_density(image_grid_thw, method: str = DEFAULT_METHOD, features: VisionFeatures | None = None,
                          pixel_values: torch.Tensor | None = None, patch_size: int = 16, merge_size: int = 2,
-                         temporal_patch_size: int = 2) -> list[torch.Tensor]:
-    "Density of every visual token, one (h/m, w/m) map per image in batch order."
+                         temporal_patch_size: int = 2, image_std: Sequence[float] | None = None) -> list[torch.Tensor]:
+    """Density of every visual token, one (h/m, w/m) map per image in batch order. Images of equal size go in one pass.
+
+    image_std: the processor's normalisation std (default: CLIP's, Qwen-VL's), to recover luminance for 'pixel'."""
     _check_method(method)
     grid = torch.as_tensor(image_grid_thw).tolist()
-    m = merge_size
+    groups = _grid_groups(grid)
+    out = [None] * len(grid)
     if method == "pixel":
         if pixel_values is None: raise ValueError("method='pixel' needs pixel_values")
-        ims = patches_to_images(pixel_values, grid, patch_size, m, temporal_patch_size, pixel_values.shape[1] // (temporal_patch_size * patch_size ** 2))
-        return [pixel_density_map(x, patch_size * m) for x in ims]
+        ch = pixel_values.shape[-1] // (temporal_patch_size * patch_size ** 2)
+        _check_pixel_values(pixel_values, grid, patch_size, temporal_patch_size, ch)
+        # luminance of the un-normalised image: x_c = (v_c − mean_c)/std_c, so Σ_c luma_c·std_c·x_c = luma(v) − const
+        mix = torch.tensor(LUMA) * torch.tensor(image_std if image_std is not None else CLIP_STD) if ch == 3 else None
+        for (h, w), members in groups.items():
+            x = _unpatchify(_group_rows(pixel_values, members, h, w), len(members), h, w, patch_size, merge_size, temporal_patch_size, ch, mix)
+            for (i, _), d in zip(members, pixel_density_map(x, patch_size * merge_size)): out[i] = d
+        return out
     if features is None: raise ValueError(f"method={method!r} needs the vision features (vision_features or capture_vision)")
     m = features.merge_size
     if torch.as_tensor(features.grid_thw).tolist() != grid:
         raise ValueError(f"features are for grid_thw={torch.as_tensor(features.grid_thw).tolist()}, batch has {grid}")
-    out, tok, pat = [], 0, 0
-    for t, h, w in grid:
-        if t != 1: raise ValueError(f"grid {(t, h, w)}: only still images (t = 1) are supported")
+    n_tok = sum(h * w for _, h, w in grid) // (m * m)
+    if n_tok != features.merged.shape[0]:
+        raise ValueError(f"grid_thw accounts for {n_tok} visual tokens, features have {features.merged.shape[0]}")
+    for (h, w), members in groups.items():
         R, C = h // m, w // m
-        if method == "feature":
-            out.append(neighbour_dissimilarity(features.merged[tok:tok + R * C].reshape(R, C, -1)))
+        if method == "feature":  # token rows start at patch row / m²
+            f = _group_rows(features.merged, [(i, s // (m * m)) for i, s in members], R, C)
+            d = neighbour_dissimilarity(f.reshape(len(members), R, C, -1))
         else:
-            out.append(subpatch_dissimilarity(features.patches[pat:pat + h * w].reshape(R, C, m * m, -1)))
-        tok += R * C; pat += h * w
-    if tok != features.merged.shape[0]:
-        raise ValueError(f"grid_thw accounts for {tok} visual tokens, features have {features.merged.shape[0]}")
+            d = subpatch_dissimilarity(_group_rows(features.patches, members, h, w).reshape(len(members), R, C, m * m, -1))
+        for (i, _), di in zip(members, d): out[i] = di
     return out
 
 def _model_image_density(image, patch_size, method, model, processor) -> torch.Tensor:
@@ -238,7 +300,7 @@ def _model_image_density(image, patch_size, method, model, processor) -> torch.T
     if patch_size != p * m: raise ValueError(f"patch_size={patch_size}: this model's visual tokens cover {p * m} pixels")
     b = processor([image], return_tensors="pt")
     feats = vision_features(model, b["pixel_values"], b["image_grid_thw"]) if method != "pixel" else None
-    return visual_token_density(b["image_grid_thw"], method, feats, b["pixel_values"], p, m, tp)[0]
+    return visual_token_density(b["image_grid_thw"], method, feats, b["pixel_values"], p, m, tp, getattr(processor, "image_std", None))[0]
 
 # %% ../nbs/04_density.ipynb #e8ee715d
 def visual_mask(input_ids: torch.Tensor | None = None, mm_token_type_ids: torch.Tensor | None = None,
