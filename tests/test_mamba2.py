@@ -65,7 +65,7 @@ def test_left_padded_batch_with_cache_equals_one_by_one(form):
     lens, L, n_new = [7, 4, 9], 9, 3
     seqs = [torch.randn(1, l + n_new, 32, dtype=torch.float64) for l in lens]
     ref = [mx(hidden_states=s, attention_mask=None)[0] for s in seqs]
-    batch = torch.zeros(3, L, 32, dtype=torch.float64).normal_() * 5        # padded slots hold garbage
+    batch = torch.full((3, L, 32), float("nan"), dtype=torch.float64)      # padded slots hold NaN, as after a fully masked attention row
     pad = torch.zeros(3, L, dtype=torch.long)
     for i, (s, l) in enumerate(zip(seqs, lens)):
         batch[i, L - l:] = s[0, :l]; pad[i, L - l:] = 1
