@@ -365,9 +365,16 @@ def synth_key(n_train: int, n_val: int, n_test: int, seed: int, cfg: SynthConfig
                            src=hashlib.sha1(src.encode()).hexdigest()), sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
+def _load_cached(folder: Path):
+    from datasets import Dataset, DatasetDict, load_from_disk
+    feats = _features()
+    # empty splits are not written (datasets cannot reload a table without files): rebuild them empty
+    return DatasetDict({s: load_from_disk(str(folder / s)) if (folder / s).is_dir() else
+                        Dataset.from_dict({k: [] for k in feats}, features=feats) for s in SPLITS})
+
 def make_synth(n_train: int, n_val: int, n_test: int, seed: int = 0, data_dir=None, cache: bool = True, **knobs):
     "HEED-Synth as a `datasets.DatasetDict` with train / validation / test splits; knobs are `SynthConfig` fields."
-    from datasets import DatasetDict, load_from_disk
+    from datasets import DatasetDict
     unknown = set(knobs) - {f.name for f in fields(SynthConfig)}
     if unknown: raise TypeError(f"make_synth: unknown knob(s) {sorted(unknown)}; expected some of {[f.name for f in fields(SynthConfig)]}")
     cfg = SynthConfig(**knobs)
@@ -378,17 +385,18 @@ def make_synth(n_train: int, n_val: int, n_test: int, seed: int = 0, data_dir=No
         data_dir = _dd()
     root = Path(data_dir) / "cache" / "synth"
     final = root / synth_key(n_train, n_val, n_test, seed, cfg)
-    if (final / "heed_synth.json").is_file(): return load_from_disk(str(final))
+    if (final / "heed_synth.json").is_file(): return _load_cached(final)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{final.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    dd = build()
-    dd.save_to_disk(str(tmp))
+    for split, ds in build().items():
+        if len(ds): ds.save_to_disk(str(tmp / split))
+    tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "heed_synth.json").write_text(json.dumps(dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
                                                          version=SYNTH_VERSION, config=asdict(cfg)), indent=1))
     try: os.replace(tmp, final)
     except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; its copy is identical
-    return load_from_disk(str(final))
+    return _load_cached(final)
 
 # %% ../nbs/06_synth.ipynb #ceaaf4f5
 def draw_boxes(image: Image.Image, boxes, colour=(255, 0, 255), width: int = 1, scale: int = 1) -> Image.Image:
