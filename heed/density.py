@@ -93,9 +93,10 @@ def luminance(x: torch.Tensor) -> torch.Tensor:
 
 def gradient_energy(x: torch.Tensor) -> torch.Tensor:
     "Forward-difference gradient energy summed over channels. x: (..., C, H, W) → (..., H, W); nothing across the far edges."
-    e = x.new_zeros(x.shape[:-3] + x.shape[-2:])
-    e[..., :, :-1] += (x[..., :, 1:] - x[..., :, :-1]).pow(2).sum(-3)
-    e[..., :-1, :] += (x[..., 1:, :] - x[..., :-1, :]).pow(2).sum(-3)
+    if x.shape[-3] == 1: x, reduce = x[..., 0, :, :], (lambda t: t)  # one channel: no sum, no copy
+    else: reduce = lambda t: t.sum(-3)
+    e = F.pad(reduce(x.diff(dim=-2).square_()), (0, 0, 0, 1))
+    e[..., :, :-1] += reduce(x.diff(dim=-1).square_())
     return e
 
 def pixel_density_map(x: torch.Tensor, patch_size: int) -> torch.Tensor:
