@@ -17,8 +17,8 @@ logger = logging.getLogger("heed.evaluate")
 # %% auto #0
 __all__ = ['logger', 'DEFAULT_SCORERS', 'normalize_text', 'exact_match', 'levenshtein', 'anls', 'relaxed_accuracy',
            'vqa_normalize', 'vqa_accuracy', 'ocrbench_match', 'extract_option', 'option_accuracy', 'check_rows',
-           'generate_answers', 'score_predictions', 'EvalResult', 'evaluate', 'ScriptedModel', 'DegradationReport',
-           'degradation_report']
+           'generate_answers', 'score_predictions', 'EvalResult', 'evaluate', 'evaluate_model', 'ScriptedModel',
+           'DegradationReport', 'degradation_report']
 
 # %% ../nbs/08_evaluate.ipynb #c1d27e9e
 def _answers(answer_or_answers) -> list[str]:
@@ -165,6 +165,12 @@ def option_accuracy(prediction, answer: str, options="ABCD") -> float:
 # %% ../nbs/08_evaluate.ipynb #abe78103
 DEFAULT_SCORERS = {"exact_match": exact_match, "anls": anls}
 
+def _ordered(cats) -> list:
+    "Categories in HEED-Synth's order (scene, OCR, document) when known, others after them in order of appearance."
+    from heed.synth import CATEGORIES
+    cats = list(dict.fromkeys(cats))
+    return sorted(cats, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else len(CATEGORIES))
+
 def _read_row(dataset, i: int) -> dict:
     "Row `i`, with its image decoded now, so a corrupt file is reported with the example's name."
     try: row = dataset[i]
@@ -254,7 +260,7 @@ class EvalResult:
         g = self.examples.groupby("category", sort=False)
         out = g[self.scorers].mean()
         out.insert(0, "n", g.size()); out.insert(0, "group", g["group"].first())
-        return out
+        return out.loc[_ordered(out.index)]
     def by_group(self):
         bc = self.by_category()
         out = bc.groupby("group", sort=False)[self.scorers].mean()
@@ -291,6 +297,12 @@ def evaluate(model, processor, dataset, split: str = "test", batch_size: int = 1
     return EvalResult(score_predictions(rows, preds, scorers, log=log), metric=metric)
 
 # %% ../nbs/08_evaluate.ipynb #22e8dfc8
+def evaluate_model(model, processor, dataset, metric: str = "exact_match", **kw) -> dict:
+    "`evaluate` summarised as a dict of floats (aggregate, micro and one entry per category) plus the full result."
+    res = evaluate(model, processor, dataset, metric=metric, **kw)
+    return {"scores": res.summary(), "result": res}
+
+# %% ../nbs/08_evaluate.ipynb #0b8f77d4
 class ScriptedModel:
     "A stand-in with Qwen3-VL's `generate` interface that replies from a script (for tests)."
     def __init__(self, processor, replies: Sequence[str]):
@@ -313,7 +325,7 @@ class ScriptedModel:
         for b, x in enumerate(ids): new[b, :len(x)] = torch.tensor(x)
         return torch.cat([input_ids, new], 1)
 
-# %% ../nbs/08_evaluate.ipynb #6529b447
+# %% ../nbs/08_evaluate.ipynb #dfbf7249
 def _frame(x, metric):
     import pandas as pd
     df = x.examples if isinstance(x, EvalResult) else x
@@ -394,7 +406,7 @@ def degradation_report(teacher, student, metric: str = "exact_match", tolerance:
         bad = m.loc[m["category_t"] != m["category_s"], "id"].iloc[0]
         raise ValueError(f"example {bad}: category differs between teacher and student scores")
     m = m.rename(columns={"category_t": "category"})
-    cats = list(dict.fromkeys(m["category"]))
+    cats = _ordered(m["category"])
     group_of = m.groupby("category")["group"].first().to_dict()
     rng = np.random.default_rng(seed)
     boot_t, boot_s, point_t, point_s, n = {}, {}, {}, {}, {}

@@ -136,3 +136,15 @@ def test_report_rejects_mismatched_inputs():
         degradation_report(t, t.drop(columns="exact_match"))
     with pytest.raises(ValueError, match="duplicate example ids"):
         degradation_report(t, pd.concat([t, t.iloc[:1]]))
+
+
+def test_evaluate_runs_the_hybrid_student_through_the_same_loop(world):
+    """Any model with the Qwen3-VL interface: the hybridized toy teacher generates through evaluate unchanged."""
+    hybrid = pytest.importorskip("heed.hybrid")
+    model, proc = build_toy_teacher(seed=1)
+    student = hybrid.hybridize(model)
+    r1 = evaluate(student, proc, world, batch_size=14, max_new_tokens=4)
+    r2 = evaluate(student, proc, world, batch_size=4, max_new_tokens=4)
+    assert r1.examples["prediction"].tolist() == r2.examples["prediction"].tolist()
+    rep = degradation_report(evaluate(model, proc, world, max_new_tokens=4), r1)
+    assert list(rep.table.index[-1:]) == ["aggregate"]
