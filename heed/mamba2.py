@@ -68,13 +68,15 @@ class Mamba2Mixer(nn.Module):
     def __init__(self, hidden_size: int, n_heads: int, head_dim: int, d_state: int, n_groups: int = 1, d_conv: int = 4,
                  chunk_size: int = 64, bc_norm: bool = False, norm_eps: float = 1e-6, bias: bool = False,
                  conv_bias: bool = True, layer_idx: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0)):
+                 dt_init_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0), norm_group_size: int | None = None):
         super().__init__()
         if n_heads % n_groups: raise ValueError(f"n_heads ({n_heads}) must be divisible by n_groups ({n_groups})")
         if d_conv < 1: raise ValueError(f"d_conv must be >= 1, got {d_conv}")
         self.hidden_size, self.n_heads, self.head_dim, self.d_state, self.n_groups = hidden_size, n_heads, head_dim, d_state, n_groups
         self.d_conv, self.chunk_size, self.norm_eps, self.layer_idx = d_conv, chunk_size, norm_eps, layer_idx
         self.d_inner = n_heads * head_dim
+        self.norm_group_size = norm_group_size or head_dim  # per head by default; d_inner // n_groups is mamba-ssm's grouping
+        if self.d_inner % self.norm_group_size: raise ValueError(f"norm_group_size {norm_group_size} must divide n_heads * head_dim = {self.d_inner}")
         self.conv_dim = self.d_inner + 2 * n_groups * d_state
         self._init_args = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, A_init_range=A_init_range)
         self.in_proj = nn.Linear(hidden_size, self.d_inner + self.conv_dim + n_heads, bias=bias)
@@ -143,7 +145,8 @@ def _mix(self: Mamba2Mixer, u: Tensor, state: Mamba2State | None = None, mask: T
         y, ssm = ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, initial_state=init)
     y = y.reshape(b, l, self.d_inner)
     if keep is not None: z = torch.where(keep, z, 0.0)
-    y = _rms((y * F.silu(z.to(y.dtype))).view(b, l, h, p), self.norm_weight.view(h, p), self.norm_eps).reshape(b, l, self.d_inner)
+    gs = self.norm_group_size
+    y = _rms((y * F.silu(z.to(y.dtype))).view(b, l, -1, gs), self.norm_weight.view(-1, gs), self.norm_eps).reshape(b, l, self.d_inner)
     if keep is not None: y = torch.where(keep, y, 0.0)
     return self.out_proj(y.to(u.dtype)), Mamba2State(new_conv, ssm)
 

@@ -27,16 +27,19 @@ def randomize(m: torch.nn.Module, seed=0):
     return m
 
 
-def test_agrees_with_transformers_mamba2_mixer():
-    "Same weights in transformers' Mamba2Mixer (pure-torch path here) and ours: an independent implementation of the block."
+@pytest.mark.parametrize("groups", [4, 2, 1])
+def test_agrees_with_transformers_mamba2_mixer(groups):
+    """Same weights in transformers' Mamba2Mixer (pure-torch path here) and ours: an independent implementation of the block.
+    transformers normalises per B/C group; with groups = heads that is our per-head norm, otherwise we set the grouping."""
     from transformers import Mamba2Config
     from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMixer
     h, p, n, d = 4, 8, 16, 32
-    cfg = Mamba2Config(hidden_size=d, num_heads=h, head_dim=p, state_size=n, n_groups=h, expand=1, conv_kernel=4,
+    cfg = Mamba2Config(hidden_size=d, num_heads=h, head_dim=p, state_size=n, n_groups=groups, expand=1, conv_kernel=4,
                        chunk_size=16, use_bias=False, use_conv_bias=True, layer_norm_epsilon=1e-5, num_hidden_layers=1)
     hf = HFMixer(cfg, layer_idx=0).eval()
     randomize(hf, 1)
-    ours = Mamba2Mixer(d, h, p, n, n_groups=h, d_conv=4, chunk_size=8, norm_eps=1e-5)
+    ours = Mamba2Mixer(d, h, p, n, n_groups=groups, d_conv=4, chunk_size=8, norm_eps=1e-5,
+                       norm_group_size=None if groups == h else h * p // groups)
     with torch.no_grad():
         for a, b in [("in_proj.weight", "in_proj.weight"), ("conv1d.weight", "conv1d.weight"), ("conv1d.bias", "conv1d.bias"),
                      ("dt_bias", "dt_bias"), ("A_log", "A_log"), ("D", "D"), ("norm_weight", "norm.weight"), ("out_proj.weight", "out_proj.weight")]:
