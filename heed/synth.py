@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -352,6 +353,9 @@ def generate_split(split: str, n: int, seed: int, cfg: SynthConfig):
     rows = []
     for i, (c, s) in enumerate(zip(cats, ss.spawn(n + 1)[1:])):
         ex = make_example(np.random.default_rng(s), cfg, c)
+        buf = io.BytesIO()
+        ex["image"].save(buf, format="PNG", compress_level=1)  # lossless; 2.5x faster than the default level, 25% larger
+        ex["image"] = {"bytes": buf.getvalue(), "path": None}
         rows.append({"id": f"{split}-{i:06d}", **ex})
     feats = _features()
     return Dataset.from_list(rows, features=feats) if rows else Dataset.from_dict({k: [] for k in feats}, features=feats)
