@@ -324,10 +324,10 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     acc.register_for_checkpointing(sched)
 
     metrics_path = out / "metrics.jsonl"
-    start = 0
+    start, elapsed0 = 0, 0.0   # elapsed0: training seconds spent before this invocation (wall clock of the curve)
     if ckpt is not None:
         acc.load_state(str(ckpt))
-        start = state["step"]
+        start, elapsed0 = state["step"], float(state.get("elapsed_s", 0.0))
         if acc.is_main_process:  # keep the log consistent with the restored state
             kept = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start]
             write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -344,7 +344,8 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
         acc.save_state(str(tmp))
         acc.wait_for_everyone()  # every process has written its RNG state before the folder moves
         if acc.is_main_process:
-            write_text_atomic(tmp / "trainer_state.json", json.dumps(dict(step=step, fingerprint=fingerprint(cfg))))
+            write_text_atomic(tmp / "trainer_state.json", json.dumps(dict(step=step, fingerprint=fingerprint(cfg),
+                                                                          elapsed_s=elapsed0 + time.perf_counter() - t_run)))
             replace_dir_atomic(tmp, out / "checkpoint")
         acc.wait_for_everyone()
 
@@ -381,17 +382,18 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
         terms_mean = {k: acc.reduce(v, "mean").item() for k, v in sums.items()}
         dt = time.perf_counter() - t0
         rec = dict(step=step + 1, loss=sum(terms_mean.values()), **terms_mean, lr=lr,
-                   grad_norm=None if gnorm is None else float(gnorm), examples_per_s=cfg.batch_size / dt)
+                   grad_norm=None if gnorm is None else float(gnorm), examples_per_s=cfg.batch_size / dt,
+                   elapsed_s=round(elapsed0 + time.perf_counter() - t_run, 2))
         if (step + 1) % cfg.log_every == 0 or step + 1 == stop: log(rec)
         bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", ex_s=f"{rec['examples_per_s']:.0f}")
         if cfg.eval_every and job.evaluate and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            _evaluate(acc, job, module, step + 1, log)
+            _evaluate(acc, job, module, step + 1, lambda r: log({**r, "elapsed_s": rec["elapsed_s"]}))
         if (step + 1) % cfg.save_every == 0 or step + 1 == stop: save_checkpoint(step + 1)
     bar.close()
     done = stop == cfg.steps
     result = dict(job=cfg.job, steps_done=stop, finished=done, seconds=round(time.perf_counter() - t_run, 2))
     if done:
-        if job.evaluate: result["eval"] = _evaluate(acc, job, module, cfg.steps, log)
+        if job.evaluate: result["eval"] = _evaluate(acc, job, module, cfg.steps, lambda r: log({**r, "elapsed_s": rec["elapsed_s"]}))
         if acc.is_main_process:
             tmp = out / "model.tmp"
             if tmp.exists(): shutil.rmtree(tmp)

@@ -18,7 +18,7 @@ def _copy_project(root: Path, dst: Path) -> Path:
     ign = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
     for name in ["settings.ini", "README.md"]:
         shutil.copy(root / name, dst / name)
-    for name in ["nbs", "heed", "tools"]:
+    for name in ["nbs", "heed", "tools", "configs"]:
         shutil.copytree(root / name, dst / name, ignore=ign)
     return dst
 
