@@ -170,9 +170,10 @@ def _from_attention(cls, attn: nn.Module, d_conv: int = 4, chunk_size: int = 64,
     has_qk_norm = getattr(attn, "q_norm", None) is not None and getattr(attn, "k_norm", None) is not None
     eps = getattr(getattr(attn, "q_norm", None), "variance_epsilon", 1e-6)
     ref = attn.q_proj.weight
-    mixer = cls(hidden, nh, hd, d_state=hd, n_groups=nh, d_conv=d_conv, chunk_size=chunk_size, bc_norm=bc_norm,
-                norm_eps=eps, bias=attn.q_proj.bias is not None,
-                layer_idx=layer_idx if layer_idx is not None else getattr(attn, "layer_idx", None)).to(ref.device, ref.dtype)
+    with torch.device(ref.device):  # build where the attention lives (an 8B layer on the GPU never round-trips through CPU)
+        mixer = cls(hidden, nh, hd, d_state=hd, n_groups=nh, d_conv=d_conv, chunk_size=chunk_size, bc_norm=bc_norm,
+                    norm_eps=eps, bias=attn.q_proj.bias is not None,
+                    layer_idx=layer_idx if layer_idx is not None else getattr(attn, "layer_idx", None)).to(ref.dtype)
     rep, di = nh // nkv, nh * hd
     rows = {"x": (di, 2 * di), "B": (2 * di, 3 * di), "C": (3 * di, 4 * di)}
     src = {"x": _repeat_heads(attn.v_proj.weight, nkv, rep), "B": _repeat_heads(attn.k_proj.weight, nkv, rep), "C": attn.q_proj.weight}
