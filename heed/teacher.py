@@ -24,14 +24,29 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
                   "<|image_pad|>", "<|video_pad|>", "<|unk|>")
 TOY_CHARSET = "\n" + "".join(chr(i) for i in range(32, 127))
 
-def build_tokenizer(charset: str = TOY_CHARSET):
-    "A character-level `PreTrainedTokenizerFast` with Qwen3-VL's special tokens (pad = <|endoftext|>, eos = <|im_end|>)."
+def _toy_words() -> tuple:
+    "The closed vocabulary of HEED-Synth's questions and scene answers (lower-case words and 'What'/'How'/'Where')."
+    from heed.synth import COLOURS, SHAPES
+    template = "What colour is the shape How many shapes are there Where relative to does label say character of value"
+    pos = ("left", "right", "above", "below")
+    return tuple(dict.fromkeys(template.split() + list(COLOURS) + list(SHAPES) + list(pos)))
+
+def build_tokenizer(charset: str = TOY_CHARSET, words: Sequence[str] = ()):
+    """A character-level `PreTrainedTokenizerFast` with Qwen3-VL's special tokens (pad = <|endoftext|>, eos = <|im_end|>).
+
+    `words` become single tokens when they stand as whole words (like a BPE vocabulary's common words); every other
+    character stays its own token, so text to be read off an image (labels, keys, values) is spelled out."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     if len(set(charset)) != len(charset): raise ValueError(f"charset has repeated characters: {charset!r}")
-    vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + list(charset))}
+    bad = [w for w in words if not w.isalpha() or len(w) < 2]
+    if bad: raise ValueError(f"words {bad}: expected alphabetic words of two or more letters")
+    words = list(dict.fromkeys(words))
+    vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + list(charset) + words)}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character its own piece
+    # longest words first, so 'shapes' is not read as 'shape' + 's'; anything else: one character per piece
+    alt = "|".join(sorted(words, key=len, reverse=True))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex((rf"\b(?:{alt})\b|" if words else "") + r"[\s\S]"), behavior="isolated")
     tk.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|endoftext|>", eos_token="<|im_end|>",
                                   unk_token="<|unk|>", model_max_length=4096)
@@ -217,7 +232,7 @@ def _set_generation_defaults(model, processor: VLProcessor, max_new_tokens: int 
 def build_toy_teacher(seed: int = 0, processor: VLProcessor | None = None, **overrides) -> Teacher:
     "A freshly initialised toy Qwen3-VL teacher and its processor."
     from transformers import Qwen3VLForConditionalGeneration
-    processor = processor or VLProcessor(build_tokenizer(), build_image_processor())
+    processor = processor or VLProcessor(build_tokenizer(words=_toy_words()), build_image_processor())
     cfg = toy_teacher_config(processor.tokenizer, **overrides)
     if cfg.vision_config.patch_size != processor.patch or cfg.vision_config.spatial_merge_size != processor.merge:
         raise ValueError(f"vision patch/merge {cfg.vision_config.patch_size}/{cfg.vision_config.spatial_merge_size} "
