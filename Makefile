@@ -1,5 +1,5 @@
 # heed — every target sets itself up on a fresh machine (a venv in .venv).
-#   make reproduce [PROFILE=small|smoke|full] [ONLY=name]   rebuild figures/ through papermill
+#   make reproduce [PROFILE=small|smoke|full] [ONLY=name] [RETRAIN=1]   rebuild figures/ through papermill
 #   make test                                               what CI runs
 #   make lab                                                JupyterLab with the project's kernel
 # GPU users: make reproduce TORCH_SPEC="torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"
@@ -25,7 +25,7 @@ $(STAMP): settings.ini setup.py
 	touch $@
 
 reproduce: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/heed reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+	MPLBACKEND=Agg $(BIN)/heed reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(RETRAIN),--retrain)
 
 test: $(STAMP) sync-check nbtest pytest smoke
 

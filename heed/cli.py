@@ -34,7 +34,7 @@ def _cmd_reproduce(args) -> int:
         return 0
     try:
         reproduce(args.profile, only=args.only, fig_dir=args.fig_dir, run_dir=args.run_dir,
-                  kernel=args.kernel, timeout=args.timeout)
+                  kernel=args.kernel, timeout=args.timeout, retrain=args.retrain)
     except NotebookFailed as e:
         print(f"heed reproduce FAILED\n{e}", file=sys.stderr)
         return 1
@@ -51,6 +51,8 @@ def _add_reproduce(sub):
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3, the running interpreter)")
     p.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout in seconds")
     p.add_argument("--list", action="store_true", help="list the notebooks that would run, and exit")
+    p.add_argument("--retrain", action="store_true",
+                   help="rebuild committed artefacts (the toy teacher) from nothing instead of starting from them")
     p.set_defaults(func=_cmd_reproduce)
 
 # %% ../nbs/21_cli.ipynb #b042cdf2

@@ -111,8 +111,11 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 def reproduce(profile: str = DEFAULT_PROFILE, only=None, fig_dir=None, data=None, run_dir=None,
-              kernel: str = "python3", timeout: int = 3600, nb_dir=None, log=print) -> list[NotebookRun]:
-    "Run the experiment notebooks through papermill; raise `NotebookFailed` on the first failure."
+              kernel: str = "python3", timeout: int = 3600, nb_dir=None, retrain: bool = False, log=print) -> list[NotebookRun]:
+    """Run the experiment notebooks through papermill; raise `NotebookFailed` on the first failure.
+
+    `retrain=True` is passed to every notebook as the parameter `retrain`: notebooks that start from a committed
+    artefact (the toy teacher) rebuild it from nothing instead; the others ignore it."""
     from tqdm.auto import tqdm
     check_profile(profile)
     nbs = experiment_notebooks(nb_dir, only)
@@ -120,8 +123,9 @@ def reproduce(profile: str = DEFAULT_PROFILE, only=None, fig_dir=None, data=None
     run_dir = Path(run_dir) if run_dir else default_run_dir(profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = dict(profile=profile, fig_dir=str(fig_dir.resolve()), data_dir=str(data.resolve()))
+    if retrain: params["retrain"] = True
     os.environ.setdefault("MPLBACKEND", "Agg")  # the kernels inherit it: no display needed
-    log(f"heed reproduce: {len(nbs)} notebook(s), profile={profile}, kernel={kernel}, cell timeout={timeout}s\n"
+    log(f"heed reproduce: {len(nbs)} notebook(s), profile={profile}{', retrain' if retrain else ''}, kernel={kernel}, cell timeout={timeout}s\n"
         f"  figures -> {fig_dir}\n  executed notebooks -> {run_dir}")
     runs, failure = [], None
     bar = tqdm(nbs, desc="reproduce", unit="nb")
