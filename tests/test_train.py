@@ -45,3 +45,22 @@ def test_cli_interrupt_and_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert [x["step"] for x in _records(out)] == [1, 2, 3, 4]
     assert (out / "model" / "aux_heads.pt").is_file()
+
+
+def test_cli_runs_every_job_in_order(tmp_path):
+    "The README's walkthrough at the smoke size: pretrain, align, distill (both weightings), sft — all from the CLI."
+    t = tmp_path
+    steps = [
+        ["pretrain-smoke", f"output_dir={t}/teacher"],
+        ["align-smoke", f"teacher={t}/teacher/model", f"output_dir={t}/align"],
+        ["distill-smoke", f"teacher={t}/teacher/model", f"init={t}/align/model", f"output_dir={t}/d-heed", "weighting=heed"],
+        ["distill-smoke", f"teacher={t}/teacher/model", f"init={t}/align/model", f"output_dir={t}/d-uni", "weighting=uniform"],
+        ["sft-smoke", f"init={t}/d-heed/model", f"output_dir={t}/sft"],
+    ]
+    for args in steps:
+        r = subprocess.run([str(BIN / "heed"), "train", *args, "eval_examples=0"], capture_output=True, text=True, env=ENV)
+        assert r.returncode == 0, (args, r.stderr[-2000:])
+        out = Path(next(a for a in args if a.startswith("output_dir=")).split("=", 1)[1])
+        assert json.loads((out / "result.json").read_text())["finished"], args
+    cfg = json.loads((t / "sft" / "model" / "config.json").read_text())
+    assert cfg["text_config"]["mamba_layers"] == [0, 1, 2] and cfg["architectures"] == ["Qwen3VLHybridForConditionalGeneration"]
