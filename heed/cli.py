@@ -81,8 +81,13 @@ def _add_train(sub):
     p.add_argument("--list", action="store_true", help="list the shipped presets and exit")
     p.set_defaults(func=_cmd_train)
 
-# %% ../nbs/21_cli.ipynb #6a8f78e9
-SUBCOMMANDS = [_add_env, _add_reproduce, _add_train]
+# %% ../nbs/21_cli.ipynb #1405ecf8
+def _add_eval(sub):
+    from heed.benchmarks import add_eval_parser
+    add_eval_parser(sub)
+
+# %% ../nbs/21_cli.ipynb #be719f54
+SUBCOMMANDS = [_add_env, _add_reproduce, _add_train, _add_eval]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heed", description="HEED: density-weighted residual alignment for hybrid VLM distillation")
@@ -108,7 +113,7 @@ def cli():
     "Console-script entry point."
     sys.exit(main())
 
-# %% ../nbs/21_cli.ipynb #1405ecf8
+# %% ../nbs/21_cli.ipynb #8e295b57
 #| eval: false
 if __name__ == "__main__":  # `python -m heed.cli` / `accelerate launch -m heed.cli`
     cli()
