@@ -17,7 +17,7 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'build_tokenizer', 'build_image_processor', 'VLProcessor', 'AnswerCollator',
-           'toy_teacher_config', 'Teacher', 'build_toy_teacher', 'save_teacher', 'load_teacher']
+           'cell_colours', 'toy_teacher_config', 'Teacher', 'build_toy_teacher', 'save_teacher', 'load_teacher']
 
 # %% ../nbs/07_teacher.ipynb #9c879aa2
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -198,7 +198,16 @@ class AnswerCollator:
                                 alphabet=self.alphabet) for r in rows]
             batch["glyph_targets"] = torch.as_tensor(np.stack(gt))
             batch["cell_targets"] = torch.as_tensor([list(r["cell_shapes"]) for r in rows], dtype=torch.long)
+            batch["colour_targets"] = torch.as_tensor([cell_colours(r) for r in rows], dtype=torch.long)
         return batch
+
+def cell_colours(row) -> list:
+    "Per merged cell: 1 + COLOURS index of the colour of the shape covering it (from `cell_shapes` and the scene), else 0."
+    from heed.synth import COLOURS, SHAPES
+    scene = json.loads(row["scene"]) if isinstance(row.get("scene"), str) else (row.get("scene") or {})
+    colour_of = {s["kind"]: s["colour"] for s in scene.get("shapes", [])}
+    names = list(COLOURS)
+    return [0 if k == 0 else 1 + names.index(colour_of[SHAPES[k - 1]]) for k in row["cell_shapes"]]
 
 # %% ../nbs/07_teacher.ipynb #51999385
 def toy_teacher_config(tokenizer, text: dict | None = None, vision: dict | None = None, **top):

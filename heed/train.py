@@ -149,7 +149,7 @@ _PROFILE_SCALE = {
                  data=dict(n_train=60000, n_val=1024, n_test=4096)),
 }
 _JOB_DEFAULTS = {
-    "pretrain": dict(lr=2e-3, aux={"glyph": 1.0, "scene_cell": 1.0}),
+    "pretrain": dict(lr=2e-3, aux={"glyph": 1.0, "scene_cell": 1.0, "scene_colour": 1.0}),
     "align": dict(lr=1e-3, teacher="data/teacher/model", weight_decay=0.0),
     "distill": dict(lr=3e-4, teacher="data/teacher/model"),
     "sft": dict(lr=1e-4),
@@ -472,15 +472,16 @@ def check_pair(teacher, student) -> None:
             raise ValueError(f"teacher and student differ in text {k}: teacher {getattr(tt, k)}, student {getattr(st, k)}")
 
 # %% ../nbs/09_train.ipynb #bbfb7aa2
-AUX_LOSSES = ("glyph", "scene_cell")
+AUX_LOSSES = ("glyph", "scene_cell", "scene_colour")
 
 class AuxHeads(torch.nn.Module):
     "Teacher-only heads on the merged visual tokens: glyph per sub-patch, and the shape of each merged cell."
-    def __init__(self, dim: int, merge: int, n_glyphs: int, n_shapes: int):
+    def __init__(self, dim: int, merge: int, n_glyphs: int, n_shapes: int, n_colours: int = 0):
         super().__init__()
         self.merge, self.n_glyphs = merge, n_glyphs
         self.glyph = torch.nn.Linear(dim, merge * merge * (n_glyphs + 1))
         self.scene_cell = torch.nn.Linear(dim, n_shapes + 1)
+        self.scene_colour = torch.nn.Linear(dim, n_colours + 1) if n_colours else None
 
 def glyph_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     "logits (N, C), targets (N,) with 0 = empty: mean CE over glyph slots + mean CE over empty slots."
@@ -495,7 +496,7 @@ class TeacherWithHeads(torch.nn.Module):
         self.model, self.heads, self.aux = model, heads, dict(aux)
 
     def forward(self, batch: dict) -> dict:
-        inputs = {k: v for k, v in batch.items() if k not in ("glyph_targets", "cell_targets")}
+        inputs = _model_inputs(batch) | {"labels": batch["labels"]}
         feats = []
         hook = self.model.model.visual.merger.register_forward_hook(lambda m, a, o: feats.append(o)) if self.heads else None
         try: out = self.model(**inputs)
@@ -511,6 +512,10 @@ class TeacherWithHeads(torch.nn.Module):
                 c = self.heads.scene_cell(merged)
                 terms["scene_cell"] = self.aux["scene_cell"] * torch.nn.functional.cross_entropy(
                     c.float(), batch["cell_targets"].reshape(-1).to(c.device))
+            if self.aux.get("scene_colour"):
+                c = self.heads.scene_colour(merged)
+                terms["scene_colour"] = self.aux["scene_colour"] * torch.nn.functional.cross_entropy(
+                    c.float(), batch["colour_targets"].reshape(-1).to(c.device))
         return terms
 
 # %% ../nbs/09_train.ipynb #936850fb
@@ -520,8 +525,11 @@ def _answer_mask(labels: torch.Tensor) -> torch.Tensor:
     m[:, :-1] = labels[:, 1:] != -100
     return m
 
+_AUX_TARGETS = ("glyph_targets", "cell_targets", "colour_targets")
+
 def _model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k not in ("glyph_targets", "cell_targets", "labels")}
+    "The batch without labels and auxiliary targets: what the HF model's forward takes."
+    return {k: v for k, v in batch.items() if k not in _AUX_TARGETS + ("labels",)}
 
 def _evaluator(cfg: TrainConfig, processor, split):
     "Greedy-generation accuracy on the first `eval_examples` validation examples, per category and overall."
@@ -536,7 +544,7 @@ def _evaluator(cfg: TrainConfig, processor, split):
 
 def pretrain_job(cfg: TrainConfig, device) -> Job:
     "Train the toy teacher from scratch: answer CE plus the recipe's auxiliary losses."
-    from heed.synth import GLYPH_ALPHABET, SHAPES
+    from heed.synth import COLOURS, GLYPH_ALPHABET, SHAPES
     from heed.teacher import AnswerCollator, build_toy_teacher, save_teacher
     bad = sorted(set(cfg.aux) - set(AUX_LOSSES))
     if bad: raise ValueError(f"aux={cfg.aux}: unknown auxiliary loss(es) {bad}; expected some of {AUX_LOSSES}")
@@ -547,7 +555,7 @@ def pretrain_job(cfg: TrainConfig, device) -> Job:
     heads = None
     if aux:
         vc = model.config.vision_config
-        heads = AuxHeads(vc.out_hidden_size, vc.spatial_merge_size, len(GLYPH_ALPHABET), len(SHAPES)).to(device)
+        heads = AuxHeads(vc.out_hidden_size, vc.spatial_merge_size, len(GLYPH_ALPHABET), len(SHAPES), len(COLOURS)).to(device)
     splits = synth_splits(cfg)
     def save(m, folder):
         save_teacher(m.model, t.processor, folder)
