@@ -1,0 +1,236 @@
+"""heed.lmms: the lmms-eval adapter driven the way lmms-eval's evaluator drives a model, on a tiny local model and tiny
+local tasks. Uses lmms-eval's real `lmms`/`Instance`/`ModelRegistryV2` when importable, else the module's stand-ins
+(lmms-eval is not installed in heed's venv; see nbs/13_lmms.ipynb)."""
+import os
+
+import datasets
+import pytest
+import torch
+
+from heed.benchmarks import BENCHMARKS, Example, _img, encode_examples, generate_replies, load_examples, write_fixture
+from heed.lmms import LMMS_EVAL_AVAILABLE, HeedLMM, Instance, LMMBase, lmms_eval_manifest, parse_model_args
+
+datasets.disable_progress_bars()
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    from heed.teacher import build_toy_teacher, save_teacher
+    d = tmp_path_factory.mktemp("lmms") / "teacher"
+    t = build_toy_teacher(seed=0)
+    save_teacher(t.model, t.processor, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def student_dir(teacher_dir, tmp_path_factory):
+    from heed.hybrid import hybridize
+    from heed.teacher import load_teacher, save_teacher
+    t = load_teacher(teacher_dir)
+    d = tmp_path_factory.mktemp("lmms") / "student"
+    save_teacher(hybridize(t.model), t.processor, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    "A task as lmms-eval holds it: a DatasetDict per task in lm.task_dict, and the task's doc_to_* functions."
+    docs = datasets.Dataset.from_dict(
+        {"image": [_img("STOP"), _img("GO", (80, 48), seed=1), _img("EXIT", seed=2)],
+         "image_2": [None, _img("2", seed=3), None],
+         "question": ["What is written?", "Which word is on the sign?", "Read the text."],
+         "answer": ["STOP", "GO", "EXIT"]},
+        features=datasets.Features({"image": datasets.Image(), "image_2": datasets.Image(), "question": datasets.Value("string"),
+                                    "answer": datasets.Value("string")}))
+    return datasets.DatasetDict({"test": docs})
+
+
+def to_visual(doc):
+    return [im.convert("RGB") for im in (doc["image"], doc["image_2"]) if im is not None]
+
+
+def to_text(doc):
+    return doc["question"] + "\nAnswer the question using a single word or phrase."
+
+
+def gen_request(task, split, doc_id, ctx, gen):
+    "As ConfigurableTask.construct_requests builds a generate_until request."
+    return Instance(request_type="generate_until", arguments=(ctx, dict(gen), to_visual, doc_id, task, split), idx=0,
+                    metadata={"task": task, "doc_id": doc_id, "repeats": 1, "split": split})
+
+
+def ll_request(task, split, doc_id, ctx, target):
+    return Instance(request_type="loglikelihood", arguments=(ctx, target, to_visual, doc_id, task, split), idx=0,
+                    metadata={"task": task, "doc_id": doc_id, "repeats": 1, "split": split})
+
+
+def make_lm(model_dir, tiny_task, **args):
+    batch_size = args.pop("batch_size", "1")  # lmms-eval passes its --batch_size (a string) in additional_config
+    arg_string = ",".join(f"{k}={v}" for k, v in {"pretrained": model_dir, **args}.items())
+    lm = HeedLMM.create_from_arg_string(arg_string, {"batch_size": batch_size, "max_batch_size": None, "device": "cpu"})
+    lm.task_dict["tiny"] = tiny_task  # what lmms-eval's evaluator does before sending requests
+    return lm
+
+
+def test_it_is_an_lmms_model(teacher_dir, tiny_task):
+    lm = make_lm(teacher_dir, tiny_task, max_new_tokens=5)
+    assert isinstance(lm, LMMBase) and lm.is_simple and (lm.rank, lm.world_size) == (0, 1)
+    assert lm.batch_size == 1 and lm.max_new_tokens == 5 and str(lm.device) == "cpu"
+    if LMMS_EVAL_AVAILABLE:
+        from lmms_eval.api.model import lmms
+        assert isinstance(lm, lmms)
+
+
+def test_unknown_model_args_are_refused(teacher_dir):
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['max_pixel'\]"):
+        HeedLMM.create_from_arg_string(f"pretrained={teacher_dir},max_pixel=100")
+    with pytest.raises(ValueError, match="batch_size='auto'"):
+        HeedLMM.create_from_arg_string(f"pretrained={teacher_dir}", {"batch_size": "auto"})
+    assert parse_model_args("a=1,b=x") == {"a": 1, "b": "x"}
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_generate_until_matches_heed_eval_and_keeps_order(which, teacher_dir, student_dir, tiny_task):
+    model_dir = teacher_dir if which == "teacher" else student_dir
+    lm = make_lm(model_dir, tiny_task, batch_size=2)
+    gen = {"max_new_tokens": 6, "temperature": 0, "do_sample": False}
+    reqs = [gen_request("tiny", "test", i, to_text(tiny_task["test"][i]), gen) for i in (2, 0, 1)]  # out of order on purpose
+    replies = lm.generate_until(reqs)
+    assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
+    # the same prompts through heed eval's generation path, one by one: identical replies, in request order
+    exs = [Example(str(i), to_visual(tiny_task["test"][i]), to_text(tiny_task["test"][i]), "", []) for i in (2, 0, 1)]
+    ref = [generate_replies(lm.model, lm.processor, [e], max_new_tokens=6)[0] for e in exs]
+    assert replies == ref
+    assert lm.generate_until(reqs) == replies  # greedy: deterministic
+
+
+def test_until_and_max_new_tokens(teacher_dir, tiny_task):
+    lm = make_lm(teacher_dir, tiny_task)
+    doc = tiny_task["test"][0]
+    ctx = to_text(doc)
+    ex = Example("0", to_visual(doc), ctx, "", [])
+    ref = lambda n: generate_replies(lm.model, lm.processor, [ex], max_new_tokens=n)[0]
+    full = lm.generate_until([gen_request("tiny", "test", 0, ctx, {"max_new_tokens": 12})])[0]
+    short = lm.generate_until([gen_request("tiny", "test", 0, ctx, {"max_new_tokens": 3})])[0]
+    assert (full, short) == (ref(12), ref(3)) and full.startswith(short) and len(short) < len(full)
+    stop = full[len(full) // 2]
+    cut = lm.generate_until([gen_request("tiny", "test", 0, ctx, {"max_new_tokens": 12, "until": [stop]})])[0]
+    assert cut == full.split(stop)[0]
+    default = lm.generate_until([gen_request("tiny", "test", 0, ctx, {})])[0]  # the task gives no budget: the max_new_tokens arg
+    assert default == ref(lm.max_new_tokens)
+
+
+def _reference_loglikelihood(lm, doc, ctx, cont):
+    "Summed log p(continuation | prompt) from one unpadded forward pass over prompt + continuation."
+    ex = Example("r", to_visual(doc), ctx, "", [])
+    prompt = encode_examples(lm.processor, [ex])
+    full = encode_examples(lm.processor, [ex], continuations=[cont])
+    n = prompt["input_ids"].shape[1]
+    full.pop("n_prompt")
+    with torch.no_grad():
+        logits = lm.model(**full).logits[0].double()
+    ids = full["input_ids"][0]
+    lp = torch.log_softmax(logits, -1)
+    total = sum(float(lp[t - 1, ids[t]]) for t in range(n, len(ids)))
+    greedy = all(int(lp[t - 1].argmax()) == int(ids[t]) for t in range(n, len(ids)))
+    return total, greedy
+
+
+def test_loglikelihood_against_a_direct_computation(teacher_dir, tiny_task):
+    lm = make_lm(teacher_dir, tiny_task, batch_size=3)
+    docs = tiny_task["test"]
+    cases = [(0, "What is written?", " STOP"), (1, "", "GO"), (2, to_text(docs[2]), "a much longer continuation here")]
+    reqs = [ll_request("tiny", "test", i, c, t) for i, c, t in cases]
+    got = lm.loglikelihood(reqs)  # one right-padded batch of three
+    for (i, c, t), (lp, greedy) in zip(cases, got):
+        ref_lp, ref_greedy = _reference_loglikelihood(lm, docs[i], c, t)
+        assert lp == pytest.approx(ref_lp, rel=1e-4, abs=1e-3) and greedy == ref_greedy
+        assert lp < 0
+    one_by_one = make_lm(teacher_dir, tiny_task, batch_size=1).loglikelihood(reqs)
+    for (a, ga), (b, gb) in zip(got, one_by_one):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-3) and ga == gb
+
+
+def test_loglikelihood_greedy_flag_and_doc_to_target(teacher_dir, tiny_task):
+    lm = make_lm(teacher_dir, tiny_task)
+    ctx = to_text(tiny_task["test"][1])
+    reply = lm.generate_until([gen_request("tiny", "test", 1, ctx, {"max_new_tokens": 4})])[0]
+    (lp, greedy), = lm.loglikelihood([ll_request("tiny", "test", 1, ctx, reply)])
+    assert greedy  # the model's own greedy reply is greedy (4 tokens, stopped by the budget, not by <|im_end|>)
+    other = "".join("Z" if ch != "Z" else "Y" for ch in reply)
+    (lp2, greedy2), = lm.loglikelihood([ll_request("tiny", "test", 1, ctx, other)])
+    assert not greedy2 and lp2 < lp
+    (lp3, _), = lm.loglikelihood([ll_request("tiny", "test", 1, ctx, lambda doc: doc["answer"])])  # doc_to_target as a function
+    (lp4, _), = lm.loglikelihood([ll_request("tiny", "test", 1, ctx, "GO")])
+    assert lp3 == pytest.approx(lp4)
+    assert lm.loglikelihood([ll_request("tiny", "test", 1, ctx, "")]) == [(0.0, True)]
+
+
+def test_errors_name_the_request(teacher_dir, tiny_task):
+    lm = make_lm(teacher_dir, tiny_task)
+    with pytest.raises(KeyError, match="task 'other', doc 0"):
+        lm.generate_until([gen_request("other", "test", 0, "q", {})])
+    video = Instance("generate_until", ("q", {}, lambda doc: ["clip.mp4"], 0, "tiny", "test"), idx=0,
+                     metadata={"task": "tiny", "doc_id": 0, "repeats": 1, "split": "test"})
+    with pytest.raises(NotImplementedError, match="visual of type str"):
+        lm.generate_until([video])
+    with pytest.raises(NotImplementedError, match="multi-round"):
+        lm.generate_until_multi_round([])
+
+
+def test_a_benchmark_fixture_as_an_lmms_task_scored_by_heed(teacher_dir, tmp_path):
+    "DocVQA's fixture served as lmms-eval serves docvqa_val (its doc_to_text), replies scored with the same ANLS scorer."
+    write_fixture("docvqa_val", tmp_path)
+    ds = datasets.load_dataset(str(tmp_path / "lmms-lab-encoder/DocVQA"), "DocVQA", cache_dir=str(tmp_path / "c"))
+    lm = HeedLMM.create_from_arg_string(f"pretrained={teacher_dir},max_new_tokens=8", {"batch_size": 2, "device": "cpu"})
+    lm.task_dict["docvqa_val"] = ds
+    post = "\nAnswer the question using a single word or phrase."  # lmms-eval's default post_prompt for docvqa
+    vis = lambda doc: [doc["image"].convert("RGB")]
+    reqs = [Instance("generate_until", (doc["question"] + post, {"max_new_tokens": 32, "temperature": 0, "do_sample": False}, vis, i,
+                                        "docvqa_val", "validation"), idx=0,
+                     metadata={"task": "docvqa_val", "doc_id": i, "repeats": 1, "split": "validation"})
+            for i, doc in enumerate(ds["validation"])]
+    replies = lm.generate_until(reqs)
+    exs = load_examples("docvqa_val", tmp_path, cache_dir=tmp_path / "c")
+    assert [e.prompt for e in exs] == [r.args[0] for r in reqs]  # heed eval and the harness send the same text
+    scores = [BENCHMARKS["docvqa_val"].score(p, e)[0] for p, e in zip(replies, exs)]
+    assert all(0.0 <= s <= 1.0 for s in scores) and len(scores) == 3
+
+
+def test_entry_point_manifest(teacher_dir):
+    if not LMMS_EVAL_AVAILABLE:
+        with pytest.raises(ImportError, match="lmms-eval is not importable here"):
+            lmms_eval_manifest()
+        pytest.skip("lmms-eval not importable: its registry cannot be exercised (the manifest's import error is checked)")
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+    reg = ModelRegistryV2()
+    for m in reg._coerce_payload_to_manifests(lmms_eval_manifest):  # exactly what load_entrypoint_manifests does with ep.load()
+        reg.register_manifest(m)
+    assert reg.get_model_class("heed") is HeedLMM  # resolves, imports and validates (subclass of lmms, is_simple)
+
+
+def test_real_lmms_eval_evaluator_on_a_tiny_task(teacher_dir, tmp_path):
+    "lmms-eval's own simple_evaluate, where the harness is importable (not in heed's venv: skipped there)."
+    try:
+        from lmms_eval.evaluator import simple_evaluate
+        from lmms_eval.tasks import TaskManager
+    except Exception as e:  # ImportError, or a broken install (e.g. torchvision)
+        pytest.skip(f"lmms-eval's evaluator is not importable here ({type(e).__name__})")
+    import importlib.metadata as md
+    snap = write_fixture("docvqa_val", tmp_path / "data")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "heed_tiny.yaml").write_text(
+        f"task: heed_tiny\ndataset_path: {snap}\ndataset_name: DocVQA\ntest_split: validation\noutput_type: generate_until\n"
+        "doc_to_visual: !function utils.doc_to_visual\ndoc_to_text: !function utils.doc_to_text\ndoc_to_target: answers\n"
+        "generation_kwargs:\n  max_new_tokens: 6\n  temperature: 0\n  do_sample: false\n"
+        "metric_list:\n  - metric: anls\n    aggregation: mean\n    higher_is_better: true\n")
+    (tasks / "utils.py").write_text("def doc_to_visual(doc):\n    return [doc['image'].convert('RGB')]\n\n"
+                                    "def doc_to_text(doc, lmms_eval_specific_kwargs=None):\n"
+                                    "    return doc['question'] + '\\nAnswer the question using a single word or phrase.'\n")
+    registered = any(ep.name == "heed" for ep in md.entry_points(group="lmms_eval.models"))
+    model = "heed" if registered else HeedLMM(pretrained=str(teacher_dir), device="cpu", batch_size=2)
+    res = simple_evaluate(model=model, model_args=f"pretrained={teacher_dir}" if registered else None, tasks=["heed_tiny"],
+                          task_manager=TaskManager(include_path=str(tasks)), batch_size=2, device="cpu", log_samples=True)
+    assert 0.0 <= res["results"]["heed_tiny"]["anls,none"] <= 1.0
+    assert len(res["samples"]["heed_tiny"]) == 3
