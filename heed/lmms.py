@@ -221,4 +221,4 @@ def lmms_eval_manifest():
     except ImportError as e:
         raise ImportError("heed.lmms.lmms_eval_manifest is called by lmms-eval (>= 0.6) when it loads model entry points; "
                           f"lmms-eval is not importable here ({e})") from None
-    return ModelManifest(model_id=LMMS_MODEL_ID, simple_class_path=f"{HeedLMM.__module__}.{HeedLMM.__qualname__}")
+    return ModelManifest(model_id=LMMS_MODEL_ID, simple_class_path="heed.lmms.HeedLMM")  # the importable path, not __module__
