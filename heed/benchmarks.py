@@ -30,7 +30,7 @@ __all__ = ['logger', 'OCRBENCH_V2_CAPABILITIES', 'OCRBENCH_V2_TYPE_TO_CAPABILITY
            'Benchmark', 'BenchmarkUnavailable', 'hub_offline', 'hub_reachable', 'how_to_get', 'local_candidates',
            'load_benchmark', 'load_examples', 'write_fixture', 'chat_prompt', 'encode_examples', 'generate_replies',
            'read_log', 'model_predictor', 'run_benchmark', 'score_records', 'SuiteResult', 'resolve_names',
-           'evaluate_suite', 'compare_runs', 'add_eval_parser']
+           'check_resume', 'evaluate_suite', 'compare_runs', 'add_eval_parser']
 
 # %% ../nbs/12_benchmarks.ipynb #99283a78
 @dataclass
@@ -838,6 +838,14 @@ def resolve_names(suite: str = "all", only: Sequence[str] | None = None) -> list
         out += [h for h in hits if h not in out]
     return out
 
+def check_resume(out_dir, settings: dict) -> None:
+    "Refuse to resume a run folder whose recorded settings differ from `settings` (naming the differences)."
+    run_file = Path(out_dir) / "run.json"
+    if not run_file.is_file(): return
+    old = json.loads(run_file.read_text()).get("settings", {})
+    diff = {k: (old.get(k), v) for k, v in settings.items() if k in old and old.get(k) != v}
+    if diff: raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use another --out to start a new run")
+
 def evaluate_suite(predict: Callable, out_dir, suite: str = "all", only: Sequence[str] | None = None, data_dir=None,
                    limit: int | None = None, batch_size: int = 8, progress: bool = True, settings: dict | None = None,
                    cache_dir=None, probe_timeout: float = 5.0) -> SuiteResult:
@@ -846,11 +854,8 @@ def evaluate_suite(predict: Callable, out_dir, suite: str = "all", only: Sequenc
     names = resolve_names(suite, only)
     out_dir = Path(out_dir)
     settings = dict(settings or {})
+    check_resume(out_dir, settings)
     run_file = out_dir / "run.json"
-    if run_file.is_file():
-        old = json.loads(run_file.read_text()).get("settings", {})
-        diff = {k: (old.get(k), v) for k, v in settings.items() if k in old and old.get(k) != v}
-        if diff: raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use another --out to start a new run")
     examples = {n: load_examples(n, data_dir, limit, cache_dir=cache_dir, probe_timeout=probe_timeout) for n in names}
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(dict(settings=settings, suite=suite, names=names, limit=limit), indent=1))
@@ -910,7 +915,8 @@ def _cmd_eval(args) -> int:
     model_dir = Path(args.model)
     out = Path(args.out) if args.out else Path("runs") / "eval" / model_dir.resolve().name
     names = resolve_names(args.suite, args.only)
-    settings = dict(model=str(model_dir.resolve()), max_new_tokens=args.max_new_tokens)
+    settings = dict(model=str(model_dir.resolve()), max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    check_resume(out, settings)
     try:  # load the data first: a missing dataset must not cost a model load
         for n in names: load_examples(n, args.data_dir, limit=0)
     except BenchmarkUnavailable as e:
@@ -920,6 +926,7 @@ def _cmd_eval(args) -> int:
     from heed.train import load_model
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_model(model_dir, device=device)
+    if args.dtype: model = model.to(getattr(torch, args.dtype))  # explicit precision, whatever the checkpoint stores
     predict = model_predictor(model, processor, args.max_new_tokens)
     try:
         res = evaluate_suite(predict, out, args.suite, args.only, args.data_dir, args.limit, args.batch_size,
@@ -950,6 +957,7 @@ def add_eval_parser(sub):
     p.add_argument("--batch-size", type=int, default=8, help="items per generate call (default 8)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget for every benchmark (default: each benchmark's own)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="cast the model after loading (e.g. bfloat16 on a GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     p.set_defaults(func=_cmd_eval)

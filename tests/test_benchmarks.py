@@ -336,12 +336,16 @@ def test_heed_eval_teacher_student_compare(models, data, tmp_path):
     assert len(logs) == 11
     n_items = sum(len(read_log(tmp_path / "t" / n)) for n in logs)
     assert n_items == 22
-    r = _heed(str(models / "student"), "--out", str(tmp_path / "s"), "--compare", str(tmp_path / "t"), *common, cwd=tmp_path)
+    r = _heed(str(models / "student"), "--out", str(tmp_path / "s"), "--compare", str(tmp_path / "t"), "--dtype", "bfloat16", *common,
+              cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "selective degradation" in r.stdout and "| **OCR/document** |" in r.stdout
     assert (tmp_path / "s" / "degradation.md").is_file()
     before = {n: (tmp_path / "s" / n).read_text() for n in logs}
-    r = _heed(str(models / "student"), "--out", str(tmp_path / "s"), *common, cwd=tmp_path)  # resume: nothing to do
+    r = _heed(str(models / "student"), "--out", str(tmp_path / "s"), "--dtype", "bfloat16", *common, cwd=tmp_path)  # resume: no work
+    assert r.returncode == 0, r.stderr[-3000:]
+    r2 = _heed(str(models / "student"), "--out", str(tmp_path / "s"), *common, cwd=tmp_path)  # other settings: refused
+    assert r2.returncode != 0 and "other settings" in r2.stderr
     assert r.returncode == 0 and {n: (tmp_path / "s" / n).read_text() for n in logs} == before
 
 
@@ -356,3 +360,14 @@ def test_heed_eval_model_replies_are_logged(models, data, tmp_path):
     assert len(recs) == 2 and all(isinstance(r["prediction"], str) for r in recs.values())
     assert all(0.0 <= r["score"] <= 1.0 for r in recs.values())
     assert set(res.tasks) == {"mmmu_pro_standard", "ocrbench"}
+
+
+def test_bfloat16_model_generates(models, data, tmp_path):
+    "heed eval --dtype bfloat16: float32 pixel values meet a bfloat16 vision tower."
+    import torch
+    from heed.benchmarks import generate_replies
+    from heed.train import load_model
+    model, proc = load_model(models / "student")
+    model = model.to(torch.bfloat16)
+    replies = generate_replies(model, proc, _load("mmmu_pro_standard", data), max_new_tokens=2)
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
