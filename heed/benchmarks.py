@@ -487,7 +487,7 @@ def load_benchmark(name: str, data_dir=None, revision: str | None = None, cache_
         import datasets
         rev = revision or b.revision
         if not hub_offline() and not hub_reachable(probe_timeout, b.dataset):
-            raise BenchmarkUnavailable(f"{_describe(b)}: the hub is not reachable (no answer from it within {probe_timeout:g} s); {how_to_get(b)}")
+            raise BenchmarkUnavailable(f"{_describe(b)}: the hub is not reachable from here (no answer from it; waited at most {probe_timeout:g} s); {how_to_get(b)}")
         try:
             ds = datasets.load_dataset(b.dataset, b.config, split=b.split, revision=rev, cache_dir=cache_dir)
         except (ConnectionError, OSError, FileNotFoundError) as e:  # offline without a cached copy, or a bad revision
