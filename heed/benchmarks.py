@@ -221,7 +221,8 @@ def _mmbench(row, i):
     head = f"{row['hint']} {row['question']}" if _nonempty(row.get("hint")) else row["question"]
     idx = int(row["index"])
     l2 = row.get("L2-category", row.get("l2-category"))
-    return Example(str(idx), [row["image"]], f"{head} {listing}{LETTER_DIRECTLY}", row["question"], [row["answer"]],
+    # lmms-eval joins query and post_prompt with "\n", and the post_prompt itself starts with "\n": a blank line
+    return Example(str(idx), [row["image"]], f"{head} {listing}\n{LETTER_DIRECTLY}", row["question"], [row["answer"]],
                    options=opts, category=row["category"], meta={"circular_index": idx % 1_000_000, "l2_category": l2})
 
 MMMU_PRO_DOMAINS = {
@@ -383,7 +384,7 @@ BENCHMARKS = {b.name: b for b in [
        vlmevalkit=("MMBench_DEV_EN", "b6caf1133a01c6bb705cf753bb527ed8"), legacy_datasets=("lmms-lab/MMBench",),
        columns=dict(id="index", images="image", question=["hint?", "question"], options=["A", "B", "C", "D", "E?"], answers="answer",
                     category="category", meta=["L2-category"]),
-       prompt="{hint} {question} There are several options:\nA. …" + LETTER_DIRECTLY, scorer="heed.evaluate.extract_option",
+       prompt="{hint} {question} There are several options:\nA. …\n" + LETTER_DIRECTLY, scorer="heed.evaluate.extract_option",
        max_new_tokens=1024, to_example=_mmbench, score=score_choice, aggregate=aggregate_mmbench,
        notes="circular: a question counts only if all its rotated copies are right; no GPT judge (lmms-eval default asks GPT when "
              "its rules fail)."),

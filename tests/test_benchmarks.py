@@ -164,8 +164,8 @@ def test_prompt_quirks(data):
                             "Answer with the option's letter from the given choices directly")  # yes/no line removed, no full stop
     assert ms[0].options == {"A": "a cat", "B": "a dog", "C": "a car", "D": "a tree"}
     mb = _load("mmbench_en_dev", data)
-    assert mb[2].prompt == ("Read the label. Which sentence is true? There are several options:\nA. It is hot.\nB. It is cold.\n"
-                            "Answer with the option's letter from the given choices directly.")
+    assert mb[2].prompt == ("Read the label. Which sentence is true? There are several options:\nA. It is hot.\nB. It is cold.\n\n"
+                            "Answer with the option's letter from the given choices directly.")  # lmms-eval's blank line
     assert mb[0].options == {"A": "red", "B": "blue", "C": "green"}  # 'nan' options dropped
     assert [e.meta["circular_index"] for e in mb] == [0, 0, 1]
     st = _load("mmmu_pro_standard", data)
