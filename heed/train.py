@@ -20,9 +20,9 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['JOBS', 'WEIGHTINGS', 'FINGERPRINT_FIELDS', 'PRESETS', 'ACCELERATE_CONFIGS', 'AUX_LOSSES', 'JOB_BUILDERS',
-           'TrainConfig', 'load_config', 'config_dict', 'fingerprint', 'preset', 'write_presets', 'lr_factor',
-           'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'write_text_atomic',
+__all__ = ['JOBS', 'WEIGHTINGS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS', 'ACCELERATE_CONFIGS', 'AUX_LOSSES',
+           'JOB_BUILDERS', 'TrainConfig', 'load_config', 'config_dict', 'fingerprint', 'preset', 'write_presets',
+           'lr_factor', 'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'write_text_atomic',
            'replace_dir_atomic', 'find_checkpoint', 'Job', 'train', 'home_path', 'synth_splits', 'load_model',
            'check_pair', 'AuxHeads', 'glyph_loss', 'TeacherWithHeads', 'pretrain_job', 'align_job', 'distill_job',
            'sft_job', 'build_job']
@@ -154,6 +154,14 @@ _JOB_DEFAULTS = {
     "distill": dict(lr=3e-4, teacher="data/teacher/model"),
     "sft": dict(lr=1e-4),
 }
+#: The toy-teacher recipe (measured in nbs/experiments/40_teacher.ipynb): 1-2 shapes per scene, the text questions
+#: oversampled, and a long enough schedule — reading stalls for minutes before it starts.
+TEACHER_WORLD = dict(shapes=[1, 2], mix=dict(colour=1, shape=1, count=0.5, position=0.5, label=3, char=2, kv=2))
+_JOB_PROFILE = {
+    ("pretrain", "smoke"): dict(data=TEACHER_WORLD),
+    ("pretrain", "small"): dict(steps=4000, warmup_steps=200, eval_every=500, data=TEACHER_WORLD),
+    ("pretrain", "full"): dict(steps=8000, warmup_steps=300, eval_every=1000, data=TEACHER_WORLD),
+}
 PRESETS = {f"{j}-{p}": (j, p) for j in JOBS for p in _PROFILE_SCALE}
 
 def preset(name: str) -> dict:
@@ -165,6 +173,9 @@ def preset(name: str) -> dict:
     d.update({k: v for k, v in scale.items() if k != "data"})
     d["data"] = dict(scale["data"])
     if job in ("align", "distill"): d["steps"] = max(2, scale["steps"] // 3)  # students converge faster than a teacher from scratch
+    extra = _JOB_PROFILE.get((job, prof), {})
+    d.update({k: v for k, v in extra.items() if k != "data"})
+    d["data"].update(extra.get("data", {}))
     return d
 
 #: accelerate launch configs shipped beside the presets (`accelerate launch --config_file configs/accelerate/NAME.yaml -m heed.cli train ...`)
