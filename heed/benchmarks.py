@@ -913,10 +913,13 @@ def _cmd_eval(args) -> int:
     if not args.model:
         print("heed eval: error: give a MODEL folder (a heed train output or a Qwen3-VL checkpoint)", file=sys.stderr)
         return 2
-    model_dir = Path(args.model)
-    out = Path(args.out) if args.out else Path("runs") / "eval" / model_dir.resolve().name
+    from heed.train import home_path
+    # a path as typed in this shell, else (like heed train's outputs) relative to the project root
+    here_or_home = lambda p: Path(p).expanduser().resolve() if Path(p).expanduser().exists() else home_path(p)
+    model_dir = here_or_home(args.model)
+    out = Path(args.out) if args.out else home_path(Path("runs") / "eval" / model_dir.name)
     names = resolve_names(args.suite, args.only)
-    settings = dict(model=str(model_dir.resolve()), max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    settings = dict(model=str(model_dir), max_new_tokens=args.max_new_tokens, dtype=args.dtype)
     check_resume(out, settings)
     try:  # load the data first: a missing dataset must not cost a model load
         for n in names: load_examples(n, args.data_dir, limit=0)
@@ -938,7 +941,7 @@ def _cmd_eval(args) -> int:
     print(res.format())
     print(f"\nper-sample logs and summary.json in {out}")
     if args.compare:
-        rep = compare_runs(args.compare, out)
+        rep = compare_runs(here_or_home(args.compare), out)
         md = rep.markdown()
         (out / "degradation.md").write_text(f"teacher run: {args.compare}\nstudent run: {out}\n\n{md}\n")
         print(f"\nselective degradation (teacher {args.compare} vs this run; points, paired 95% CI):\n{md}")
