@@ -41,10 +41,12 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
     install_requires=reqs("requirements"),
-    extras_require={"dev": reqs("dev_requirements"), "cuda": reqs("cuda_requirements")},
+    extras_require={"dev": reqs("dev_requirements"), "cuda": reqs("cuda_requirements"), "lmms": reqs("lmms_requirements")},
     entry_points={
         "console_scripts": cfg["console_scripts"].split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+        # lmms-eval finds `--model heed` through this entry point (heed.lmms)
+        "lmms_eval.models": ["heed = heed.lmms:lmms_eval_manifest"],
     },
     zip_safe=False,
 )
