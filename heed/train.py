@@ -5,8 +5,8 @@
 # %% ../nbs/09_train.ipynb #94fd688a
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -374,14 +374,13 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
         sums: dict = {}
         for m in range(cfg.grad_accum):
             batch = _to_device(job.collate([job.dataset[i] for i in idx[m * micro:(m + 1) * micro]]), acc.device)
-            sync = acc.no_sync(module) if m < cfg.grad_accum - 1 else _nullcontext()
+            sync = acc.no_sync(module) if m < cfg.grad_accum - 1 else contextlib.nullcontext()
             with sync:
                 with acc.autocast():
                     terms = job.loss(module, batch)
                 bad = torch.tensor([float(not torch.isfinite(v.detach()).all()) for v in terms.values()], device=acc.device)
                 if acc.reduce(bad, "sum").any():  # every process learns of a NaN anywhere, and stops
-                    bad_terms = {k: v for k, v in terms.items()}
-                    check_finite(bad_terms, step)
+                    check_finite(terms, step)
                     raise NonFiniteLoss(f"step {step}: a loss term became non-finite on another process")
                 acc.backward(sum(terms.values()) / cfg.grad_accum)
             for k, v in terms.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
@@ -414,10 +413,6 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     acc.wait_for_everyone()  # a barrier before the process group goes: without it gloo runs sometimes abort at exit
     if world > 1: acc.end_training()
     return result
-
-class _nullcontext:
-    def __enter__(self): return self
-    def __exit__(self, *a): return False
 
 def _evaluate(acc, job: Job, module, step: int, log) -> dict:
     res = {}
