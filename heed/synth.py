@@ -71,13 +71,15 @@ class SynthConfig:
     shapes: tuple = (1, 3)
     shape_size: tuple = (36, 56)
     doc_rows: tuple = (2, 4)
+    doc_row_gap: tuple = (1, 2)
+    position_margin: float = 1.0
     grid_aligned: bool = True
     backgrounds: tuple = ("gradient", "texture")
     alphabet: str = GLYPH_ALPHABET
     mix: tuple = tuple((c, 1.0) for c in CATEGORIES)
 
     def __post_init__(self):
-        for name in ("font_size", "text_len", "shapes", "shape_size", "doc_rows"):
+        for name in ("font_size", "text_len", "shapes", "shape_size", "doc_rows", "doc_row_gap"):
             object.__setattr__(self, name, _pair(name, getattr(self, name)))
         mix = self.mix.items() if isinstance(self.mix, dict) else self.mix
         object.__setattr__(self, "mix", tuple((str(c), float(w)) for c, w in mix))
@@ -109,12 +111,19 @@ class SynthConfig:
                 raise ValueError(f"text_len={self.text_len}: a receipt row needs 3+1+{L}={4 + L} patch columns, the image has {G}")
             if self.doc_rows[0] < 1 or self.doc_rows[1] > min(G, len(DOC_KEYS)):
                 raise ValueError(f"doc_rows={self.doc_rows}: expected 1 <= rows <= {min(G, len(DOC_KEYS))}")
+            g0, g1 = self.doc_row_gap
+            if g0 < 1 or g1 > 2 or g0 * (self.doc_rows[1] - 1) + 1 > G:
+                raise ValueError(f"doc_row_gap={self.doc_row_gap}: expected 1 <= gap <= 2 (rows adjacent or one blank row apart) "
+                                 f"with {self.doc_rows[1]} rows fitting in {G} patch rows")
         if self.shapes[1] > min(len(SHAPES), len(COLOURS)) or self.shapes[0] < 1:
             raise ValueError(f"shapes={self.shapes}: expected 1 <= shapes <= {min(len(SHAPES), len(COLOURS))}")
         if "position" in self.categories and self.shapes[1] < 2:
             raise ValueError(f"shapes={self.shapes}: 'position' questions need at least 2 shapes")
         if self.shape_size[0] < 8 or self.shape_size[1] > S // 2:
             raise ValueError(f"shape_size={self.shape_size}: expected 8 <= size <= image_size/2={S // 2}")
+        if not (isinstance(self.position_margin, (int, float)) and 1.0 <= self.position_margin <= 10.0):
+            raise ValueError(f"position_margin={self.position_margin!r}: expected a number in [1, 10] "
+                             "(the major axis of a position pair must exceed the minor one by this factor)")
         if self.font_size[0] < 6 or self.font_size[1] > 2 * P:
             raise ValueError(f"font_size={self.font_size}: expected 6 <= size <= 2*patch={2 * P}")
 
@@ -257,7 +266,9 @@ def make_receipt(rng, cfg: SynthConfig) -> tuple[Image.Image, dict]:
     n = int(rng.integers(cfg.doc_rows[0], cfg.doc_rows[1] + 1))
     L = int(rng.integers(cfg.text_len[0], cfg.text_len[1] + 1))
     width = 3 + 1 + L
-    gap = 2 if 2 * n - 1 <= G and rng.random() < 0.5 else 1  # rows adjacent or one blank row apart
+    g0, g1 = cfg.doc_row_gap
+    if g0 == g1: gap = g0 if g0 * (n - 1) + 1 <= G else 1
+    else: gap = 2 if 2 * n - 1 <= G and rng.random() < 0.5 else 1  # rows adjacent or one blank row apart
     height = gap * (n - 1) + 1
     c0, r0 = int(rng.integers(0, G - width + 1)), int(rng.integers(0, G - height + 1))
     fs = int(rng.integers(cfg.font_size[0], cfg.font_size[1] + 1))
@@ -277,6 +288,12 @@ def make_receipt(rng, cfg: SynthConfig) -> tuple[Image.Image, dict]:
     return img, dict(kind="receipt", rows=rows, font_size=fs, glyphs=dict(chars=chars, boxes=boxes), cell_shapes=[0] * n_cells)
 
 # %% ../nbs/06_synth.ipynb #929d3d6e
+def _axis_ratio(A, B) -> float:
+    "How much the larger of |dx|, |dy| between two shapes' centres exceeds the smaller (inf when one is 0)."
+    dx, dy = abs(A["centre"][0] - B["centre"][0]), abs(A["centre"][1] - B["centre"][1])
+    lo, hi = min(dx, dy), max(dx, dy)
+    return float("inf") if lo == 0 else hi / lo
+
 def make_example(rng, cfg: SynthConfig, category: str) -> dict:
     "One example of `category`: image, question, answer, boxes and the auxiliary records."
     if category not in CATEGORY_GROUPS: raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
@@ -288,6 +305,11 @@ def make_example(rng, cfg: SynthConfig, category: str) -> dict:
         lo, hi = cfg.shapes
         n = int(rng.integers(max(lo, 2) if category == "position" else lo, hi + 1))
         img, d = make_scene(rng, cfg, n)
+        for _ in range(200):  # position: redraw until the first two shapes have a clear dominant axis
+            if category != "position" or _axis_ratio(d["shapes"][0], d["shapes"][1]) >= cfg.position_margin: break
+            img, d = make_scene(rng, cfg, n)
+        else:
+            raise RuntimeError(f"position_margin={cfg.position_margin}: no layout with a clear axis in 200 draws; lower it")
         shapes = d["shapes"]
         sh = shapes[int(rng.integers(n))]
         if category == "colour": q, a, boxes = f"What colour is the {sh['kind']}?", sh["colour"], [sh["box"]]
@@ -295,6 +317,7 @@ def make_example(rng, cfg: SynthConfig, category: str) -> dict:
         elif category == "count": q, a, boxes = "How many shapes are there?", str(n), [s["box"] for s in shapes]
         elif category == "position":
             i, j = rng.permutation(n)[:2]
+            if cfg.position_margin > 1: i, j = (0, 1) if rng.random() < 0.5 else (1, 0)  # the pair checked above
             A, B = shapes[i], shapes[j]
             dx, dy = A["centre"][0] - B["centre"][0], A["centre"][1] - B["centre"][1]
             a = ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("above" if dy < 0 else "below")

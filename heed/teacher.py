@@ -17,7 +17,8 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'build_tokenizer', 'build_image_processor', 'VLProcessor', 'AnswerCollator',
-           'cell_colours', 'toy_teacher_config', 'Teacher', 'build_toy_teacher', 'save_teacher', 'load_teacher']
+           'cell_centres', 'cell_colours', 'toy_teacher_config', 'Teacher', 'build_toy_teacher', 'save_teacher',
+           'load_teacher']
 
 # %% ../nbs/07_teacher.ipynb #9c879aa2
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -179,8 +180,9 @@ class VLProcessor:
 class AnswerCollator:
     "Rows → model batch with answer-only labels; `padding_side='left'` and `with_answers=False` for generation."
     def __init__(self, processor: VLProcessor, padding_side: str = "right", with_answers: bool = True,
-                 aux_targets: bool = False, alphabet: str | None = None):
+                 aux_targets: bool = False, alphabet: str | None = None, ground: bool = False):
         self.processor, self.padding_side, self.with_answers, self.aux_targets = processor, padding_side, with_answers, aux_targets
+        self.ground = ground  # also the shape words' positions and centres (`ground_index`, `ground_targets`)
         from heed.synth import GLYPH_ALPHABET
         self.alphabet = alphabet or GLYPH_ALPHABET
 
@@ -199,7 +201,38 @@ class AnswerCollator:
             batch["glyph_targets"] = torch.as_tensor(np.stack(gt))
             batch["cell_targets"] = torch.as_tensor([list(r["cell_shapes"]) for r in rows], dtype=torch.long)
             batch["colour_targets"] = torch.as_tensor([cell_colours(r) for r in rows], dtype=torch.long)
+            batch["centre_targets"] = torch.as_tensor([cell_centres(r, size) for r in rows], dtype=torch.float32)
+            if self.ground: batch["ground_index"], batch["ground_targets"] = self.ground_targets(rows, batch, size)
         return batch
+
+    def ground_targets(self, rows, batch, image_size: int):
+        """Where each shape named in a question sits: (B, K) token positions of the shape words in the prompt (-1 = none)
+        and (B, K, 2) the named shape's centre in [0, 1]. Needs each shape name to be one token (the toy tokenizer's words)."""
+        from heed.synth import SHAPES
+        tok = self.processor.tokenizer
+        ids = {tok.convert_tokens_to_ids(s): s for s in SHAPES}
+        if any(i is None or i == tok.unk_token_id for i in ids):
+            raise ValueError(f"ground targets need each of {SHAPES} to be a single token of the tokenizer")
+        prompt = batch["labels"] == -100 if "labels" in batch else torch.ones_like(batch["input_ids"], dtype=torch.bool)
+        found = []
+        for b, r in enumerate(rows):
+            scene = json.loads(r["scene"]) if isinstance(r.get("scene"), str) else (r.get("scene") or {})
+            centre = {s["kind"]: s["centre"] for s in scene.get("shapes", [])}
+            found.append([(t, [c / image_size for c in centre[ids[int(i)]]])
+                          for t, i in enumerate(batch["input_ids"][b].tolist())
+                          if i in ids and prompt[b, t] and batch["attention_mask"][b, t] and ids[i] in centre])
+        K = max([len(f) for f in found] + [1])
+        index, targets = torch.full((len(rows), K), -1, dtype=torch.long), torch.full((len(rows), K, 2), -1.0)
+        for b, f in enumerate(found):
+            for k, (t, c) in enumerate(f): index[b, k], targets[b, k] = t, torch.tensor(c)
+        return index, targets
+
+def cell_centres(row, image_size: int) -> list:
+    "Per merged cell: the (x, y) centre, in [0, 1], of the shape covering it (from `cell_shapes` and the scene), else (-1, -1)."
+    from heed.synth import SHAPES
+    scene = json.loads(row["scene"]) if isinstance(row.get("scene"), str) else (row.get("scene") or {})
+    centre_of = {s["kind"]: s["centre"] for s in scene.get("shapes", [])}
+    return [[-1.0, -1.0] if k == 0 else [c / image_size for c in centre_of[SHAPES[k - 1]]] for k in row["cell_shapes"]]
 
 def cell_colours(row) -> list:
     "Per merged cell: 1 + COLOURS index of the colour of the shape covering it (from `cell_shapes` and the scene), else 0."

@@ -24,8 +24,8 @@ __all__ = ['JOBS', 'WEIGHTINGS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS
            'JOB_BUILDERS', 'TrainConfig', 'load_config', 'config_dict', 'fingerprint', 'preset', 'write_presets',
            'lr_factor', 'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'write_text_atomic',
            'replace_dir_atomic', 'find_checkpoint', 'Job', 'train', 'home_path', 'synth_splits', 'load_model',
-           'check_pair', 'AuxHeads', 'glyph_loss', 'TeacherWithHeads', 'pretrain_job', 'align_job', 'distill_job',
-           'sft_job', 'build_job']
+           'check_pair', 'AuxHeads', 'glyph_loss', 'centre_loss', 'TeacherWithHeads', 'pretrain_job', 'align_job',
+           'distill_job', 'sft_job', 'build_job']
 
 # %% ../nbs/09_train.ipynb #0893b5a9
 JOBS = ("pretrain", "align", "distill", "sft")
@@ -478,22 +478,34 @@ def check_pair(teacher, student) -> None:
             raise ValueError(f"teacher and student differ in text {k}: teacher {getattr(tt, k)}, student {getattr(st, k)}")
 
 # %% ../nbs/09_train.ipynb #bbfb7aa2
-AUX_LOSSES = ("glyph", "scene_cell", "scene_colour")
+AUX_LOSSES = ("glyph", "scene_cell", "scene_colour", "scene_centre", "ground")
 
 class AuxHeads(torch.nn.Module):
     "Teacher-only heads on the merged visual tokens: glyph per sub-patch, and the shape of each merged cell."
-    def __init__(self, dim: int, merge: int, n_glyphs: int, n_shapes: int, n_colours: int = 0):
+    def __init__(self, dim: int, merge: int, n_glyphs: int, n_shapes: int, n_colours: int = 0, text_dim: int | None = None):
         super().__init__()
         self.merge, self.n_glyphs = merge, n_glyphs
         self.glyph = torch.nn.Linear(dim, merge * merge * (n_glyphs + 1))
         self.scene_cell = torch.nn.Linear(dim, n_shapes + 1)
         self.scene_colour = torch.nn.Linear(dim, n_colours + 1) if n_colours else None
+        self.scene_centre = torch.nn.Linear(dim, 2)  # (x, y) of the covering shape's centre, in [0, 1]
+        # starts at the image centre with no pull on the features, so adding it to a trained teacher is not a shock
+        torch.nn.init.zeros_(self.scene_centre.weight); torch.nn.init.constant_(self.scene_centre.bias, 0.5)
+        # text side: the centre of each shape a question names, read from the decoder's middle layer at that word
+        self.ground = torch.nn.Linear(text_dim or dim, 2)
+        torch.nn.init.zeros_(self.ground.weight); torch.nn.init.constant_(self.ground.bias, 0.5)
 
 def glyph_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     "logits (N, C), targets (N,) with 0 = empty: mean CE over glyph slots + mean CE over empty slots."
     ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
     ink, empty = targets > 0, targets == 0
     return sum(ce[m].mean() for m in (ink, empty) if m.any())
+
+def centre_loss(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    "pred, targets (N, 2); rows of `targets` < 0 are cells no shape covers and are skipped. Mean squared error x 100 (pixels/13 at 128 px)."
+    keep = targets[:, 0] >= 0
+    if not keep.any(): return pred.sum() * 0.0
+    return 100.0 * torch.nn.functional.mse_loss(pred[keep].float(), targets[keep])
 
 class TeacherWithHeads(torch.nn.Module):
     "A teacher and its auxiliary heads as one trainable module: forward(batch) -> named loss terms (unweighted)."
@@ -505,7 +517,8 @@ class TeacherWithHeads(torch.nn.Module):
         inputs = _model_inputs(batch) | {"labels": batch["labels"]}
         feats = []
         hook = self.model.model.visual.merger.register_forward_hook(lambda m, a, o: feats.append(o)) if self.heads else None
-        try: out = self.model(**inputs)
+        ground = self.heads is not None and bool(self.aux.get("ground"))
+        try: out = self.model(**inputs, output_hidden_states=ground)
         finally:
             if hook: hook.remove()
         terms = {"ce": out.loss}
@@ -522,6 +535,15 @@ class TeacherWithHeads(torch.nn.Module):
                 c = self.heads.scene_colour(merged)
                 terms["scene_colour"] = self.aux["scene_colour"] * torch.nn.functional.cross_entropy(
                     c.float(), batch["colour_targets"].reshape(-1).to(c.device))
+            if self.aux.get("scene_centre"):
+                terms["scene_centre"] = self.aux["scene_centre"] * centre_loss(
+                    self.heads.scene_centre(merged), batch["centre_targets"].reshape(-1, 2).to(merged.device))
+            if ground:
+                h = out.hidden_states[len(out.hidden_states) // 2]          # (B, L, text_dim): output of the middle layer
+                idx = batch["ground_index"].to(h.device)
+                picked = h.gather(1, idx.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))  # (B, K, text_dim)
+                tgt = batch["ground_targets"].to(h.device).masked_fill((idx < 0)[..., None], -1.0)
+                terms["ground"] = self.aux["ground"] * centre_loss(self.heads.ground(picked).reshape(-1, 2), tgt.reshape(-1, 2))
         return terms
 
 # %% ../nbs/09_train.ipynb #936850fb
@@ -531,7 +553,7 @@ def _answer_mask(labels: torch.Tensor) -> torch.Tensor:
     m[:, :-1] = labels[:, 1:] != -100
     return m
 
-_AUX_TARGETS = ("glyph_targets", "cell_targets", "colour_targets")
+_AUX_TARGETS = ("glyph_targets", "cell_targets", "colour_targets", "centre_targets", "ground_index", "ground_targets")
 
 def _model_inputs(batch: dict) -> dict:
     "The batch without labels and auxiliary targets: what the HF model's forward takes."
@@ -555,19 +577,31 @@ def pretrain_job(cfg: TrainConfig, device) -> Job:
     bad = sorted(set(cfg.aux) - set(AUX_LOSSES))
     if bad: raise ValueError(f"aux={cfg.aux}: unknown auxiliary loss(es) {bad}; expected some of {AUX_LOSSES}")
     model_kw = dict(cfg.model)
-    t = build_toy_teacher(seed=cfg.seed, **model_kw)
+    if cfg.init:  # a later stage of a curriculum: continue from a teacher folder (and its auxiliary heads, when saved)
+        if model_kw: raise ValueError(f"model={model_kw}: cannot change the architecture of init={cfg.init!r}")
+        from heed.teacher import Teacher
+        t = Teacher(*load_model(cfg.init))
+    else:
+        t = build_toy_teacher(seed=cfg.seed, **model_kw)
     model = t.model.to(device).train()
     aux = {k: float(v) for k, v in cfg.aux.items() if float(v) > 0}
     heads = None
     if aux:
         vc = model.config.vision_config
-        heads = AuxHeads(vc.out_hidden_size, vc.spatial_merge_size, len(GLYPH_ALPHABET), len(SHAPES), len(COLOURS)).to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            heads = AuxHeads(vc.out_hidden_size, vc.spatial_merge_size, len(GLYPH_ALPHABET), len(SHAPES), len(COLOURS),
+                             text_dim=model.config.text_config.hidden_size).to(device)
+        saved = home_path(cfg.init) / "aux_heads.pt" if cfg.init else None
+        if saved is not None and saved.is_file():  # heads a recipe adds later start fresh; the others continue
+            missing, unexpected = heads.load_state_dict(torch.load(saved, map_location=device, weights_only=True), strict=False)
+            if unexpected: raise ValueError(f"{saved}: unexpected auxiliary head weights {unexpected}")
     splits = synth_splits(cfg)
     def save(m, folder):
         save_teacher(m.model, t.processor, folder)
         if m.heads is not None: torch.save(m.heads.state_dict(), Path(folder) / "aux_heads.pt")
     ev = _evaluator(cfg, t.processor, splits["validation"])
-    return Job(TeacherWithHeads(model, heads, aux), splits["train"], AnswerCollator(t.processor, aux_targets=bool(aux)),
+    return Job(TeacherWithHeads(model, heads, aux), splits["train"], AnswerCollator(t.processor, aux_targets=bool(aux), ground="ground" in aux),
                lambda m, b: m(b), save, evaluate=(lambda m: ev(m.model)) if ev else None,
                description=f"pretrain toy teacher ({sum(p.numel() for p in model.parameters()):,} params), aux={aux}")
 

@@ -136,3 +136,52 @@ def test_bad_knobs_name_the_knob():
         SynthConfig(doc_rows=(0, 3))
     with pytest.raises(TypeError, match="unknown knob"):
         make_synth(1, 1, 1, cache=False, colours=3)
+
+
+def test_doc_row_gap_two_gives_every_receipt_row_its_own_merged_token_row():
+    cfg = SynthConfig(doc_row_gap=(2, 2), doc_rows=(2, 4))
+    P, M = cfg.patch, cfg.merge
+    for seed in range(30):
+        rows = json.loads(make_example(np.random.default_rng(seed), cfg, "kv")["scene"])["rows"]
+        ys = [(r["key_boxes"][0][1] + r["key_boxes"][0][3]) / 2 for r in rows]
+        patch_rows = [int(y // P) for y in ys]
+        assert all(b - a == 2 for a, b in zip(patch_rows, patch_rows[1:])), patch_rows
+        assert len({r // M for r in patch_rows}) == len(rows)  # no merged token holds glyphs of two rows
+    # the default keeps adjacent rows possible
+    gaps = set()
+    for seed in range(30):
+        rows = json.loads(make_example(np.random.default_rng(seed), SynthConfig(), "kv")["scene"])["rows"]
+        gaps |= {int(rows[1]["key_boxes"][0][1] // P - rows[0]["key_boxes"][0][1] // P)}
+    assert gaps == {1, 2}
+
+
+def test_position_margin_gives_a_clear_dominant_axis():
+    cfg = SynthConfig(shapes=(2, 3), position_margin=1.5)
+    ratios, answers = [], set()
+    for seed in range(60):
+        ex = make_example(np.random.default_rng(seed), cfg, "position")
+        shapes = {s["kind"]: s for s in json.loads(ex["scene"])["shapes"]}
+        a, b = ex["question"].removeprefix("Where is the ").removesuffix("?").split(" relative to the ")
+        dx, dy = (shapes[a]["centre"][k] - shapes[b]["centre"][k] for k in (0, 1))
+        lo, hi = sorted((abs(dx), abs(dy)))
+        ratios.append(hi / max(lo, 1e-9))
+        want = ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("above" if dy < 0 else "below")
+        assert ex["answer"] == want
+        answers.add(ex["answer"])
+    assert min(ratios) >= 1.5 and answers == {"left", "right", "above", "below"}
+    # without a margin, near-diagonal pairs occur
+    loose = []
+    for seed in range(60):
+        sh = json.loads(make_example(np.random.default_rng(seed), SynthConfig(shapes=(2, 2)), "position")["scene"])["shapes"]
+        dx, dy = (abs(sh[0]["centre"][k] - sh[1]["centre"][k]) for k in (0, 1))
+        loose.append(max(dx, dy) / max(min(dx, dy), 1e-9))
+    assert min(loose) < 1.5
+
+
+def test_new_knobs_are_checked_by_name():
+    with pytest.raises(ValueError, match="doc_row_gap"):
+        SynthConfig(doc_row_gap=(2, 3))
+    with pytest.raises(ValueError, match="doc_row_gap"):
+        SynthConfig(doc_row_gap=(2, 2), doc_rows=(2, 5))  # 5 rows one blank row apart need 9 patch rows, the image has 8
+    with pytest.raises(ValueError, match="position_margin"):
+        SynthConfig(position_margin=0.5)
