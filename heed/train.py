@@ -21,11 +21,12 @@ import yaml
 
 # %% auto #0
 __all__ = ['JOBS', 'WEIGHTINGS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS', 'ACCELERATE_CONFIGS', 'AUX_LOSSES',
-           'JOB_BUILDERS', 'TrainConfig', 'load_config', 'config_dict', 'fingerprint', 'preset', 'write_presets',
-           'lr_factor', 'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'write_text_atomic',
-           'replace_dir_atomic', 'find_checkpoint', 'Job', 'train', 'home_path', 'synth_splits', 'load_model',
-           'check_pair', 'AuxHeads', 'glyph_loss', 'centre_loss', 'TeacherWithHeads', 'pretrain_job', 'align_job',
-           'distill_job', 'sft_job', 'build_job']
+           'JOB_BUILDERS', 'WORLD_V1', 'TEACHER_RECIPE', 'TrainConfig', 'load_config', 'config_dict', 'fingerprint',
+           'preset', 'write_presets', 'lr_factor', 'batch_indices', 'NonFiniteLoss', 'check_finite',
+           'check_fingerprint', 'write_text_atomic', 'replace_dir_atomic', 'find_checkpoint', 'Job', 'train',
+           'home_path', 'synth_splits', 'load_model', 'check_pair', 'AuxHeads', 'glyph_loss', 'centre_loss',
+           'TeacherWithHeads', 'pretrain_job', 'align_job', 'distill_job', 'sft_job', 'build_job', 'train_teacher',
+           'assemble_teacher']
 
 # %% ../nbs/09_train.ipynb #0893b5a9
 JOBS = ("pretrain", "align", "distill", "sft")
@@ -156,7 +157,8 @@ _JOB_DEFAULTS = {
 }
 #: The toy-teacher recipe (measured in nbs/experiments/40_teacher.ipynb): 1-2 shapes per scene, the text questions
 #: oversampled, and a long enough schedule — reading stalls for minutes before it starts.
-TEACHER_WORLD = dict(shapes=[1, 2], mix=dict(colour=1, shape=1, count=0.5, position=0.5, label=3, char=2, kv=2))
+TEACHER_WORLD = dict(shapes=[1, 2], doc_row_gap=[2, 2], position_margin=1.5,
+                     mix=dict(colour=1, shape=1, count=0.5, position=2, label=2, char=1.5, kv=3))
 _JOB_PROFILE = {
     ("pretrain", "smoke"): dict(data=TEACHER_WORLD),
     ("pretrain", "small"): dict(steps=4000, warmup_steps=200, eval_every=500, data=TEACHER_WORLD),
@@ -345,6 +347,7 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     elif acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if metrics_path.exists(): metrics_path.unlink()
+    if acc.is_main_process:  # also on resume: a longer schedule (steps=) is part of what this run now is
         write_text_atomic(out / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
     acc.wait_for_everyone()
 
@@ -673,3 +676,82 @@ JOB_BUILDERS = dict(pretrain=pretrain_job, align=align_job, distill=distill_job,
 def build_job(cfg: TrainConfig, device) -> Job:
     "The Job for `cfg.job`."
     return JOB_BUILDERS[cfg.job](cfg, device)
+
+# %% ../nbs/09_train.ipynb #1e8920b0
+#: The first HEED-Synth world the teacher saw: receipt rows adjacent or one blank row apart, position pairs at any angle.
+WORLD_V1 = dict(shapes=[1, 2], mix=dict(colour=1, shape=1, count=0.5, position=0.5, label=3, char=2, kv=2))
+_AUX_V1 = {"glyph": 1.0, "scene_cell": 1.0, "scene_colour": 1.0}
+_AUX_ALL = _AUX_V1 | {"scene_centre": 1.0, "ground": 1.0}
+
+#: The committed teacher's recipe, a curriculum of four stages (each measured in nbs/experiments/40_teacher.ipynb).
+#: A stage is (name, overrides of the `pretrain-<profile>` preset); `continue` resumes an earlier stage's run with a longer
+#: schedule (same optimiser state), `init` starts from an earlier stage's model (fresh optimiser, new heads start at zero).
+TEACHER_RECIPE = (
+    ("r4", dict(data=dict(WORLD_V1, n_train=20000), aux=_AUX_V1, steps=4000, warmup_steps=200, eval_examples=256)),
+    ("r5", {"continue": "r4", "steps": 8000}),
+    ("r7", dict(init="r5", data=dict(TEACHER_WORLD, n_train=40000), aux=_AUX_V1 | {"scene_centre": 1.0}, steps=4000, lr=1e-3,
+                warmup_steps=100, eval_examples=512)),
+    ("r8", dict(init="r7", data=dict(TEACHER_WORLD, n_train=40000), aux=_AUX_ALL, steps=3000, lr=1e-3, warmup_steps=100,
+                eval_examples=512)),
+)
+
+def _stage_config(name: str, ov: dict, stages: Path, profile: str) -> TrainConfig:
+    ov = dict(ov)
+    cont, init = ov.pop("continue", None), ov.pop("init", None)
+    if profile == "smoke":  # the same chain at CI size: a few steps per stage, the smoke data sizes
+        ov["steps"] = 4 if cont else 2
+        ov["warmup_steps"] = 1
+        ov["eval_examples"] = 8
+        if "data" in ov: ov["data"] = dict(ov["data"], **_PROFILE_SCALE["smoke"]["data"])
+    if cont:
+        if (stages / name).exists(): shutil.rmtree(stages / name)
+        shutil.copytree(stages / cont, stages / name, ignore=shutil.ignore_patterns("model", "result.json"))
+        base = yaml.safe_load((stages / cont / "config.yaml").read_text())
+        return load_config(base | ov | {"output_dir": str(stages / name), "resume": True})
+    d = preset(f"pretrain-{profile}") | ov | {"output_dir": str(stages / name)}
+    if init: d["init"] = str(stages / init / "model")
+    return load_config(d)
+
+def train_teacher(output_dir, profile: str = "small", recipe=TEACHER_RECIPE, progress: bool = True, log=print) -> dict:
+    "Run the teacher recipe's stages into `output_dir/stages/<name>`, then assemble `output_dir` (see `assemble_teacher`)."
+    if profile not in _PROFILE_SCALE: raise ValueError(f"profile={profile!r}: expected one of {tuple(_PROFILE_SCALE)}")
+    root = home_path(output_dir); stages = root / "stages"
+    stages.mkdir(parents=True, exist_ok=True)
+    for name, ov in recipe:
+        cfg = _stage_config(name, ov, stages, profile)
+        log(f"teacher stage {name}: {cfg.steps} steps" + (f", from {cfg.init}" if cfg.init else "") + (", resumed" if cfg.resume else ""))
+        train(cfg, progress=progress)
+    result = assemble_teacher(root, recipe)
+    for name, _ in recipe:  # kept: each stage's config, log and result; not kept: optimiser states and intermediate models
+        shutil.rmtree(stages / name / "checkpoint", ignore_errors=True); shutil.rmtree(stages / name / "model", ignore_errors=True)
+    return result
+
+def assemble_teacher(root, recipe=TEACHER_RECIPE) -> dict:
+    """`root/model` from the last stage, `root/config.yaml` its config, `root/recipe.yaml` the stages, and `root/metrics.jsonl`:
+    every stage's records in order with `stage`, `total_step` (steps since the first stage began) and cumulative `elapsed_s`."""
+    root = Path(root); stages = root / "stages"
+    records, offset_step, offset_s, done = [], 0, 0.0, {}
+    for name, ov in recipe:
+        recs = _read_jsonl(stages / name / "metrics.jsonl")
+        if "continue" in ov:  # the folder was copied: its log starts with the parent's records, and its steps continue them
+            parent_steps, s0, t0 = done[ov["continue"]]
+            recs = [r for r in recs if r["step"] > parent_steps]
+            step0, time0 = s0, t0
+        else:
+            step0, time0 = offset_step, offset_s
+        for r in recs: records.append({**r, "stage": name, "total_step": step0 + r["step"],
+                                       "elapsed_s": round(time0 + r.get("elapsed_s", 0.0), 2)})
+        last_step = max([r["step"] for r in recs] + [done[ov["continue"]][0] if "continue" in ov else 0])
+        done[name] = (last_step, step0, time0)
+        offset_step = step0 + last_step
+        offset_s = max([r["elapsed_s"] for r in records] + [offset_s])
+    last = stages / recipe[-1][0]
+    if (last / "model").is_dir(): replace_dir_atomic(last / "model", root / "model")  # moved, not copied
+    shutil.copyfile(last / "config.yaml", root / ".config.yaml.tmp"); os.replace(root / ".config.yaml.tmp", root / "config.yaml")
+    write_text_atomic(root / "recipe.yaml", yaml.safe_dump([{"stage": n, **ov} for n, ov in recipe], sort_keys=False))
+    write_text_atomic(root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    result = json.loads((last / "result.json").read_text()) | {"stages": [n for n, _ in recipe], "total_steps": offset_step,
+                                                               "seconds": offset_s}
+    write_text_atomic(root / "result.json", json.dumps(result, indent=1))
+    return result
+
