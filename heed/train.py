@@ -150,7 +150,7 @@ _PROFILE_SCALE = {
                  data=dict(n_train=60000, n_val=1024, n_test=4096)),
 }
 _JOB_DEFAULTS = {
-    "pretrain": dict(lr=2e-3, aux={"glyph": 1.0, "scene_cell": 1.0, "scene_colour": 1.0}),
+    "pretrain": dict(lr=2e-3, aux={"glyph": 1.0, "scene_cell": 1.0, "scene_colour": 1.0, "scene_centre": 1.0, "ground": 1.0}),
     "align": dict(lr=1e-3, teacher="data/teacher/model", weight_decay=0.0),
     "distill": dict(lr=3e-4, teacher="data/teacher/model"),
     "sft": dict(lr=1e-4),
