@@ -155,8 +155,9 @@ _JOB_DEFAULTS = {
     "distill": dict(lr=3e-4, teacher="data/teacher/model"),
     "sft": dict(lr=1e-4),
 }
-#: The toy-teacher recipe (measured in nbs/experiments/40_teacher.ipynb): 1-2 shapes per scene, the text questions
-#: oversampled, and a long enough schedule — reading stalls for minutes before it starts.
+#: The toy teacher's world (measured in nbs/experiments/40_teacher.ipynb): 1-2 shapes per scene, receipt rows one blank row
+#: apart, position pairs with a clear axis, text and lookup questions oversampled. A single `pretrain-*` run is one stage;
+#: the committed teacher is the curriculum TEACHER_RECIPE below (from scratch in one run, key-value lookup lagged far behind).
 TEACHER_WORLD = dict(shapes=[1, 2], doc_row_gap=[2, 2], position_margin=1.5,
                      mix=dict(colour=1, shape=1, count=0.5, position=2, label=2, char=1.5, kv=3))
 _JOB_PROFILE = {
