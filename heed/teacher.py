@@ -216,8 +216,7 @@ class AnswerCollator:
         prompt = batch["labels"] == -100 if "labels" in batch else torch.ones_like(batch["input_ids"], dtype=torch.bool)
         found = []
         for b, r in enumerate(rows):
-            scene = json.loads(r["scene"]) if isinstance(r.get("scene"), str) else (r.get("scene") or {})
-            centre = {s["kind"]: s["centre"] for s in scene.get("shapes", [])}
+            centre = {k: s["centre"] for k, s in _shapes_by_kind(r).items()}
             found.append([(t, [c / image_size for c in centre[ids[int(i)]]])
                           for t, i in enumerate(batch["input_ids"][b].tolist())
                           if i in ids and prompt[b, t] and batch["attention_mask"][b, t] and ids[i] in centre])
@@ -227,20 +226,22 @@ class AnswerCollator:
             for k, (t, c) in enumerate(f): index[b, k], targets[b, k] = t, torch.tensor(c)
         return index, targets
 
+def _shapes_by_kind(row) -> dict:
+    "The shapes of an example's scene (a JSON string or a dict) by kind: {'circle': {'kind', 'colour', 'box', 'centre'}, ...}."
+    scene = json.loads(row["scene"]) if isinstance(row.get("scene"), str) else (row.get("scene") or {})
+    return {s["kind"]: s for s in scene.get("shapes", [])}
+
 def cell_centres(row, image_size: int) -> list:
     "Per merged cell: the (x, y) centre, in [0, 1], of the shape covering it (from `cell_shapes` and the scene), else (-1, -1)."
     from heed.synth import SHAPES
-    scene = json.loads(row["scene"]) if isinstance(row.get("scene"), str) else (row.get("scene") or {})
-    centre_of = {s["kind"]: s["centre"] for s in scene.get("shapes", [])}
-    return [[-1.0, -1.0] if k == 0 else [c / image_size for c in centre_of[SHAPES[k - 1]]] for k in row["cell_shapes"]]
+    shapes = _shapes_by_kind(row)
+    return [[-1.0, -1.0] if k == 0 else [c / image_size for c in shapes[SHAPES[k - 1]]["centre"]] for k in row["cell_shapes"]]
 
 def cell_colours(row) -> list:
     "Per merged cell: 1 + COLOURS index of the colour of the shape covering it (from `cell_shapes` and the scene), else 0."
     from heed.synth import COLOURS, SHAPES
-    scene = json.loads(row["scene"]) if isinstance(row.get("scene"), str) else (row.get("scene") or {})
-    colour_of = {s["kind"]: s["colour"] for s in scene.get("shapes", [])}
-    names = list(COLOURS)
-    return [0 if k == 0 else 1 + names.index(colour_of[SHAPES[k - 1]]) for k in row["cell_shapes"]]
+    shapes, names = _shapes_by_kind(row), list(COLOURS)
+    return [0 if k == 0 else 1 + names.index(shapes[SHAPES[k - 1]]["colour"]) for k in row["cell_shapes"]]
 
 # %% ../nbs/07_teacher.ipynb #51999385
 def toy_teacher_config(tokenizer, text: dict | None = None, vision: dict | None = None, **top):

@@ -598,7 +598,7 @@ def pretrain_job(cfg: TrainConfig, device) -> Job:
                              text_dim=model.config.text_config.hidden_size).to(device)
         saved = home_path(cfg.init) / "aux_heads.pt" if cfg.init else None
         if saved is not None and saved.is_file():  # heads a recipe adds later start fresh; the others continue
-            missing, unexpected = heads.load_state_dict(torch.load(saved, map_location=device, weights_only=True), strict=False)
+            _, unexpected = heads.load_state_dict(torch.load(saved, map_location=device, weights_only=True), strict=False)
             if unexpected: raise ValueError(f"{saved}: unexpected auxiliary head weights {unexpected}")
     splits = synth_splits(cfg)
     def save(m, folder):
@@ -748,7 +748,7 @@ def assemble_teacher(root, recipe=TEACHER_RECIPE) -> dict:
         offset_s = max([r["elapsed_s"] for r in records] + [offset_s])
     last = stages / recipe[-1][0]
     if (last / "model").is_dir(): replace_dir_atomic(last / "model", root / "model")  # moved, not copied
-    shutil.copyfile(last / "config.yaml", root / ".config.yaml.tmp"); os.replace(root / ".config.yaml.tmp", root / "config.yaml")
+    write_text_atomic(root / "config.yaml", (last / "config.yaml").read_text())
     write_text_atomic(root / "recipe.yaml", yaml.safe_dump([{"stage": n, **ov} for n, ov in recipe], sort_keys=False))
     write_text_atomic(root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     result = json.loads((last / "result.json").read_text()) | {"stages": [n for n, _ in recipe], "total_steps": offset_step,
