@@ -913,7 +913,7 @@ def _cmd_eval(args) -> int:
     if not args.model:
         print("heed eval: error: give a MODEL folder (a heed train output or a Qwen3-VL checkpoint)", file=sys.stderr)
         return 2
-    from heed.train import home_path
+    from heed.env import home_path
     # a path as typed in this shell, else (like heed train's outputs) relative to the project root
     here_or_home = lambda p: Path(p).expanduser().resolve() if Path(p).expanduser().exists() else home_path(p)
     model_dir = here_or_home(args.model)
@@ -927,7 +927,7 @@ def _cmd_eval(args) -> int:
         print(f"heed eval: {e}", file=sys.stderr)
         return 1
     import torch
-    from heed.train import load_model
+    from heed.teacher import load_model
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_model(model_dir, device=device)
     if args.dtype: model = model.to(getattr(torch, args.dtype))  # explicit precision, whatever the checkpoint stores

@@ -350,7 +350,7 @@ def test_heed_eval_teacher_student_compare(models, data, tmp_path):
 def test_heed_eval_model_replies_are_logged(models, data, tmp_path):
     "The real generate path (multi-image MMMU-Pro included) on the toy teacher: replies are strings, scores in [0, 1]."
     from heed.benchmarks import model_predictor
-    from heed.train import load_model
+    from heed.teacher import load_model
     model, proc = load_model(models / "teacher")
     res = evaluate_suite(model_predictor(model, proc, max_new_tokens=3), tmp_path / "run", only=["mmmu_pro_standard", "ocrbench"],
                          data_dir=data / "data", cache_dir=data / "cache", batch_size=4, progress=False)
@@ -364,7 +364,7 @@ def test_bfloat16_model_generates(models, data, tmp_path):
     "heed eval --dtype bfloat16: float32 pixel values meet a bfloat16 vision tower."
     import torch
     from heed.benchmarks import generate_replies
-    from heed.train import load_model
+    from heed.teacher import load_model
     model, proc = load_model(models / "student")
     model = model.to(torch.bfloat16)
     replies = generate_replies(model, proc, _load("mmmu_pro_standard", data), max_new_tokens=2)
