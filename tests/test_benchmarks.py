@@ -13,8 +13,8 @@ import datasets
 import pytest
 
 from heed.benchmarks import (BENCHMARKS, SUITES, BenchmarkUnavailable, Example, compare_runs, evaluate_suite, how_to_get,
-                             load_benchmark, load_examples, read_log, resolve_names, run_benchmark, score_records,
-                             write_fixture)
+                             load_benchmark, load_examples, read_log, resolve_names, run_benchmark, score_records)
+from heed.testing import write_fixture
 
 datasets.disable_progress_bars()
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +317,7 @@ def models(tmp_path_factory):
 
 
 def _heed(*args, cwd):
-    "`heed eval ARGS` as a user runs it (heed.cli registers heed.benchmarks.add_eval_parser)."
+    "`heed eval ARGS` as a user runs it (registered in heed.cli)."
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "heed.cli", "eval", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
