@@ -1,8 +1,10 @@
 """Packaging for heed. Metadata and dependencies come from settings.ini (declared once there)."""
+import shutil
 from configparser import ConfigParser
 from pathlib import Path
 
 import setuptools
+from setuptools.command.build_py import build_py
 
 here = Path(__file__).parent
 cfg = ConfigParser(delimiters=["="])
@@ -16,6 +18,24 @@ lic = licenses[cfg["license"]]
 
 def reqs(key):
     return cfg.get(key, "").split()
+
+
+# Files the presets name by relative path, shipped inside the package (heed/_shipped/...) so that an installed heed works
+# outside a clone: the committed toy teacher and the preset configs. heed.env.input_path finds them.
+SHIPPED = ["data/teacher/model", "configs"]
+
+
+class BuildWithShipped(build_py):
+    "build_py, plus copies of SHIPPED under the built package's _shipped/ (an editable install reads the clone instead)."
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False): return
+        for rel in SHIPPED:
+            src, dst = here / rel, Path(self.build_lib) / cfg["lib_path"] / "_shipped" / rel
+            if not src.is_dir(): raise FileNotFoundError(f"{src}: missing; a wheel of heed ships it (setup.py SHIPPED)")
+            if dst.exists(): shutil.rmtree(dst)
+            shutil.copytree(src, dst)
 
 
 setuptools.setup(
@@ -48,5 +68,6 @@ setuptools.setup(
         # lmms-eval finds `--model heed` through this entry point (heed.lmms)
         "lmms_eval.models": ["heed = heed.lmms:lmms_eval_manifest"],
     },
+    cmdclass={"build_py": BuildWithShipped},
     zip_safe=False,
 )

@@ -8,16 +8,20 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import math
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from .env import write_json_atomic, write_text_atomic
 from .evaluate import anls, extract_option, levenshtein, ocrbench_match, relaxed_accuracy, vqa_accuracy
+from .files import read_json, read_jsonl
 
 logger = logging.getLogger("heed.benchmarks")
 
@@ -28,9 +32,10 @@ __all__ = ['logger', 'OCRBENCH_V2_CAPABILITIES', 'OCRBENCH_V2_TYPE_TO_CAPABILITY
            'box_iou', 'score_ocrbench_v2', 'score_choice', 'score_anls', 'score_relaxed', 'score_vqa', 'inline_options',
            'aggregate_mean', 'aggregate_ocrbench_v2', 'aggregate_mmstar', 'aggregate_mmbench', 'aggregate_mmmu_pro',
            'Benchmark', 'BenchmarkUnavailable', 'hub_offline', 'hub_reachable', 'how_to_get', 'local_candidates',
-           'load_benchmark', 'load_examples', 'chat_prompt', 'encode_examples', 'generate_replies', 'read_log',
-           'model_predictor', 'run_benchmark', 'score_records', 'SuiteResult', 'resolve_names', 'check_resume',
-           'evaluate_suite', 'compare_runs']
+           'content_key', 'load_benchmark', 'ImageRef', 'cap_pixels', 'checkpoint_max_pixels', 'open_images',
+           'unrunnable', 'load_examples', 'chat_prompt', 'encode_examples', 'generate_replies', 'read_log',
+           'model_predictor', 'predict_or_skip', 'run_benchmark', 'score_records', 'SuiteResult', 'resolve_names',
+           'check_resume', 'evaluate_suite', 'eval_out_dir', 'compare_runs']
 
 # %% ../nbs/12_benchmarks.ipynb #99283a78
 @dataclass
@@ -44,6 +49,7 @@ class Example:
     options: dict | None = None     # letter -> option text for multiple choice
     category: str | None = None     # the benchmark's own sub-score key
     meta: dict = field(default_factory=dict)  # JSON values a scorer needs beyond the answers
+    skipped: str | None = None      # why it cannot be run (then it is logged as skipped, not generated)
 
 # %% ../nbs/12_benchmarks.ipynb #90db78be
 def fold_fullwidth(s: str) -> str:
@@ -308,6 +314,7 @@ class Benchmark:
     legacy_datasets: tuple = ()
     part_of: str | None = None  # benchmark these settings are averaged into
     notes: str = ""
+    unrunnable: str = "zero"   # an item that cannot be run: "zero" (scored 0, the official rule) | "exclude" (left out)
 
     @property
     def required_columns(self) -> list[str]:
@@ -334,7 +341,7 @@ BENCHMARKS = {b.name: b for b in [
        harness="lmms-eval `ocrbench_v2`; VLMEvalKit `OCRBench_v2`", vlmevalkit=("OCRBench_v2", "65d04fe07b4d4ee33e73fc8e7d4d46b0"),
        columns=dict(id="id", images="image", question="question", answers="answers", category="type", meta=["eval"]),
        prompt="{question}", scorer="heed.benchmarks.score_ocrbench_v2", max_new_tokens=128, to_example=_ocrbench_v2,
-       score=score_ocrbench_v2, aggregate=aggregate_ocrbench_v2,
+       score=score_ocrbench_v2, aggregate=aggregate_ocrbench_v2, unrunnable="exclude",
        notes="only string/number-rule types are scored (see coverage); parsing, BLEU/METEOR, KIE-F1 and spotting types need "
              "lmms-eval's ocrbench_v2 task."),
     _B(name="docvqa_val", title="DocVQA (val)", group="ocr", dataset="lmms-lab-encoder/DocVQA", config="DocVQA", split="validation",
@@ -458,20 +465,38 @@ def local_candidates(b: Benchmark, data_dir) -> list[Path]:
     d = Path(data_dir)
     return [d / b.name, d / b.dataset, *[d / x for x in b.legacy_datasets], d / f"{b.name}.parquet"]
 
+def content_key(files: Sequence, extra: str = "") -> str:
+    "A digest of the files' bytes (with their names and sizes, and `extra`): equal only for the same content."
+    import xxhash
+    h = xxhash.xxh3_128(extra.encode())
+    for f in sorted(map(str, files)):
+        h.update(f"\0{Path(f).name}\0{os.path.getsize(f)}\0".encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 23): h.update(chunk)
+    return h.hexdigest()[:20]
+
+def _local_cache(cache_dir, key: str) -> str:
+    "The Arrow cache folder of a local copy with this content key (under cache_dir, else the datasets cache)."
+    import datasets
+    root = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "heed-local"
+    return str(root / f"local-{key}")
+
 def _load_local(b: Benchmark, path: Path, cache_dir=None):
     import datasets
-    if path.is_file():
-        return datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache_dir)
-    if (path / "dataset_dict.json").is_file():
+    if path.is_dir() and (path / "dataset_dict.json").is_file():  # save_to_disk: memory-mapped as it is, no cache
         dd = datasets.load_from_disk(str(path))
         if b.split not in dd: raise BenchmarkUnavailable(f"{_describe(b)}: {path} holds splits {list(dd)}, not {b.split!r}")
         return dd[b.split]
-    if (path / "state.json").is_file(): return datasets.load_from_disk(str(path))
-    if (path / "README.md").is_file():  # a hub snapshot: its README maps configs and splits to files
-        return datasets.load_dataset(str(path), b.config, split=b.split, cache_dir=cache_dir)
-    files = _parquet_files(path)
+    if path.is_dir() and (path / "state.json").is_file(): return datasets.load_from_disk(str(path))
+    if path.is_dir() and (path / "README.md").is_file():  # a hub snapshot: its README maps configs and splits to files
+        try: files = datasets.load_dataset_builder(str(path), b.config).config.data_files
+        except ValueError as e: raise BenchmarkUnavailable(f"{_describe(b)}: {path}: {str(e)[:300]}") from None
+        if b.split not in files: raise BenchmarkUnavailable(f"{_describe(b)}: {path} has splits {list(files)}, not {b.split!r}")
+        key = content_key(files[b.split], extra=(path / "README.md").read_text(encoding="utf-8") + str(b.config))
+        return datasets.load_dataset(str(path), b.config, split=b.split, cache_dir=_local_cache(cache_dir, key))
+    files = [str(path)] if path.is_file() else _parquet_files(path)
     if not files: raise BenchmarkUnavailable(f"{_describe(b)}: {path} holds no parquet files, dataset_dict.json or README.md")
-    return datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache_dir)
+    return datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=_local_cache(cache_dir, content_key(files)))
 
 def load_benchmark(name: str, data_dir=None, revision: str | None = None, cache_dir=None, probe_timeout: float = 5.0):
     "The benchmark's split as a `datasets.Dataset`, from `data_dir` or the hub (see above)."
@@ -499,20 +524,112 @@ def load_benchmark(name: str, data_dir=None, revision: str | None = None, cache_
                          f"{b.dataset} as lmms-eval reads it")
     return ds
 
-def load_examples(name: str, data_dir=None, limit: int | None = None, **kw) -> list[Example]:
-    "The first `limit` rows of a benchmark as `Example`s (ids checked unique, so logs can be resumed)."
+# %% ../nbs/12_benchmarks.ipynb #9859f377
+@dataclass(frozen=True)
+class ImageRef:
+    "An image left undecoded in its dataset (`table`: image columns with decode=False) until `open()`: row `row`, column `column`."
+    table: object = field(repr=False)
+    row: int
+    column: str
+
+    def open(self):
+        "The decoded PIL image."
+        import datasets
+        value = self.table[self.row][self.column]
+        if value is None or (value.get("bytes") is None and value.get("path") is None): raise ValueError("the image is missing")
+        return datasets.Image().decode_example(value)
+
+def cap_pixels(image, max_pixels: int | None):
+    "`image` scaled down (aspect kept, bicubic) so that width × height ≤ max_pixels; the image itself when it fits or no cap is set."
+    from PIL import Image
+    w, h = image.size
+    if not max_pixels or w * h <= max_pixels: return image
+    s = math.sqrt(max_pixels / (w * h))
+    return image.resize((max(1, math.floor(w * s)), max(1, math.floor(h * s))), Image.BICUBIC)
+
+def checkpoint_max_pixels(model_dir) -> int | None:
+    """The pixel cap of a checkpoint's own image processor (`preprocessor_config.json`: `size.longest_edge`, which Qwen2/3-VL
+    use for max_pixels, or an older file's `max_pixels`); None when the folder does not say."""
+    p = Path(model_dir) / "preprocessor_config.json"
+    if not p.is_file(): return None
+    cfg = read_json(p)
+    v = (cfg.get("size") or {}).get("longest_edge") if isinstance(cfg.get("size"), dict) else None
+    v = v if v is not None else cfg.get("max_pixels")
+    return int(v) if v is not None else None
+
+def open_images(ex: Example, max_pixels: int | None = None) -> Example:
+    "`ex` with every image decoded (an `ImageRef` opened), in RGB, capped at `max_pixels`; ValueError naming the image otherwise."
+    out = []
+    for k, im in enumerate(ex.images):
+        try:
+            if isinstance(im, ImageRef): im = im.open()
+            if im is None: raise ValueError("the image is missing")
+            im.load()
+            im = cap_pixels(im.convert("RGB"), max_pixels)
+        except Exception as e:  # PIL raises OSError, SyntaxError, struct.error... on a damaged file
+            raise ValueError(f"image {k + 1} could not be read ({type(e).__name__}: {str(e)[:120]})") from None
+        out.append(im)
+    return replace(ex, images=out)
+
+def _image_columns(ds) -> list[str]:
+    import datasets
+    return [c for c, f in ds.features.items() if isinstance(f, datasets.Image)]
+
+def _rows(ds, lazy: bool, n: int, chunk: int = 512):
+    "The first n rows as dicts; with `lazy`, image cells are `ImageRef`s (None where the cell is null) and nothing is decoded."
+    if not lazy:
+        for i in range(n): yield ds[i]
+        return
+    import datasets
+    img_cols = _image_columns(ds)
+    text = ds.select_columns([c for c in ds.column_names if c not in img_cols])
+    raw = ds.select_columns(img_cols)
+    for c in img_cols: raw = raw.cast_column(c, datasets.Image(decode=False))
+    arrow = raw.with_format("arrow")
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        batch = text[s:e]
+        nulls = {c: arrow[s:e].column(c).is_null().to_pylist() for c in img_cols} if img_cols else {}
+        for j in range(e - s):
+            row = {k: v[j] for k, v in batch.items()}
+            row.update({c: None if nulls[c][j] else ImageRef(raw, s + j, c) for c in img_cols})
+            yield row
+
+def _row_id(b: Benchmark, row, i: int) -> str:
+    col = b.columns.get("id")
+    try: return str(row[col]) if col else str(i)
+    except (KeyError, TypeError): return str(i)
+
+def unrunnable(b: Benchmark, ex: Example) -> str | None:
+    "Why an example cannot be run as it stands (None when it can): an empty question where the benchmark has one, a missing image."
+    if b.columns.get("question") and not str(ex.question or "").strip(): return "empty question"
+    if not ex.images: return "no image"
+    if any(im is None for im in ex.images): return "an image is missing"
+    return None
+
+def load_examples(name: str, data_dir=None, limit: int | None = None, lazy: bool = False, **kw) -> list[Example]:
+    """The first `limit` rows of a benchmark as `Example`s (ids checked unique, so logs can be resumed); a row that cannot be
+    run is an Example with `skipped` set. `lazy=True` leaves the images on disk (`ImageRef`); else they are decoded now."""
+    b = BENCHMARKS[name] if name in BENCHMARKS else None
     ds = load_benchmark(name, data_dir, **kw)
     n = len(ds) if limit is None else min(int(limit), len(ds))
-    out = []
-    for i in range(n):
-        row = ds[i]
-        try: out.append(BENCHMARKS[name].to_example(row, i))
+    out, first_error = [], None
+    for i, row in enumerate(_rows(ds, lazy, n)):
+        try:
+            ex = b.to_example(row, i)
+            ex = replace(ex, skipped=unrunnable(b, ex))
         except (KeyError, ValueError, TypeError, SyntaxError) as e:
-            raise ValueError(f"{BENCHMARKS[name].title}, row {i}: could not be read ({type(e).__name__}: {e})") from None
-    ids = [e.id for e in out]
-    if len(set(ids)) != len(ids):
-        dup = next(x for x in ids if ids.count(x) > 1)
-        raise ValueError(f"{BENCHMARKS[name].title}: example id {dup!r} appears more than once")
+            reason = f"row {i} could not be read ({type(e).__name__}: {e})"
+            first_error = first_error or reason
+            ex = Example(_row_id(b, row, i), [], "", "", [], skipped=reason)
+        if not lazy and ex.skipped is None:
+            try: ex = open_images(ex)
+            except ValueError as e: ex = replace(ex, skipped=str(e))
+        out.append(ex)
+    if out and first_error and all(e.skipped and e.skipped.startswith("row ") for e in out):
+        raise ValueError(f"{b.title}: no row could be read; the first: {first_error}")
+    dup = [k for k, c in Counter(e.id for e in out).items() if c > 1]
+    if dup: raise ValueError(f"{b.title}: example id {dup[0]!r} appears more than once")
     return out
 
 # %% ../nbs/12_benchmarks.ipynb #44c8bbc4
@@ -571,18 +688,8 @@ def generate_replies(model, processor, examples: Sequence[Example], max_new_toke
 
 # %% ../nbs/12_benchmarks.ipynb #f997f1ec
 def read_log(path) -> dict:
-    "Logged records by id; a torn last line (an interrupted write) is skipped."
-    path, out = Path(path), {}
-    if not path.is_file(): return out
-    lines = path.read_text().splitlines()
-    for j, line in enumerate(lines):
-        if not line.strip(): continue
-        try: rec = json.loads(line)
-        except json.JSONDecodeError:
-            if j == len(lines) - 1: logger.warning("%s: last line is incomplete (interrupted write); it will be redone", path); continue
-            raise ValueError(f"{path}: line {j + 1} is not JSON") from None
-        out[str(rec["id"])] = rec
-    return out
+    "Logged records by id; a torn last line (an interrupted write) is skipped, with a warning."
+    return {str(rec["id"]): rec for rec in read_jsonl(path) if "id" in rec}
 
 def _drop_torn_tail(path: Path) -> None:
     "Cut an interrupted last line off a log, so appended records start on a line of their own."
@@ -596,14 +703,46 @@ def model_predictor(model, processor, max_new_tokens: int | None = None):
         return generate_replies(model, processor, examples, max_new_tokens or bench.max_new_tokens)
     return predict
 
-def _record(bench, ex, pred) -> dict:
-    s, parsed = bench.score(pred, ex)
-    return dict(id=ex.id, task=bench.name, category=ex.category, prediction=pred, parsed=parsed, answers=ex.answers,
-                score=s, meta=ex.meta)
+def _record(bench, ex, pred, skipped: str | None = None) -> dict:
+    if skipped is not None:
+        s, parsed = (0.0 if bench.unrunnable == "zero" else None), None
+    else: s, parsed = bench.score(pred, ex)
+    rec = dict(id=ex.id, task=bench.name, category=ex.category, prediction=pred, parsed=parsed, answers=ex.answers, score=s, meta=ex.meta)
+    if skipped is not None: rec["skipped"] = skipped
+    return rec
+
+# %% ../nbs/12_benchmarks.ipynb #6ca27e56
+def _input_errors() -> tuple:
+    "Exceptions that mean 'this input cannot be run' (not a bug): bad values, unreadable files, memory for one item."
+    import sys
+    errs = [ValueError, OSError, MemoryError]
+    torch = sys.modules.get("torch")
+    if torch is not None: errs.append(torch.OutOfMemoryError)
+    return tuple(errs)
+
+def _why(e: BaseException) -> str: return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+def _checked_replies(predict, chunk: list, bench) -> list:
+    preds = list(predict(chunk, bench))
+    if len(preds) != len(chunk): raise RuntimeError(f"predict returned {len(preds)} replies for {len(chunk)} examples")
+    return preds
+
+def predict_or_skip(predict, chunk: list, bench) -> list[tuple]:
+    "(reply, None) or (None, reason) per example: the batch at once, and one by one when the batch fails on an input error."
+    errors = _input_errors()
+    try: return [(p, None) for p in _checked_replies(predict, chunk, bench)]
+    except errors as e:
+        if len(chunk) == 1: return [(None, _why(e))]
+    out = []
+    for ex in chunk:
+        try: out.append((_checked_replies(predict, [ex], bench)[0], None))
+        except errors as e: out.append((None, _why(e)))
+    return out
 
 def run_benchmark(bench: Benchmark, examples: Sequence[Example], predict: Callable, log_path, batch_size: int = 8,
-                  progress: bool = True) -> list[dict]:
-    "Generate for the examples not yet in `log_path` (appending), then return every example's record, re-scored."
+                  progress: bool = True, max_pixels: int | None = None) -> list[dict]:
+    """Generate for the examples not yet in `log_path` (appending), then return every example's record, re-scored.
+    Images are decoded per batch (capped at `max_pixels`); an example that cannot be run is logged as skipped."""
     log_path = Path(log_path)
     done = read_log(log_path)
     todo = [e for e in examples if e.id not in done]
@@ -618,27 +757,49 @@ def run_benchmark(bench: Benchmark, examples: Sequence[Example], predict: Callab
             _drop_torn_tail(log_path)
             with open(log_path, "a", encoding="utf-8") as f:
                 for s in range(0, len(todo), batch_size):
-                    chunk = todo[s:s + batch_size]
-                    preds = predict(chunk, bench)
-                    if len(preds) != len(chunk): raise ValueError(f"predict returned {len(preds)} replies for {len(chunk)} examples")
-                    for ex, p in zip(chunk, preds):
-                        rec = _record(bench, ex, p)
-                        done[ex.id] = rec
-                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    chunk, recs = todo[s:s + batch_size], {}
+                    ready = []
+                    for ex in chunk:
+                        if ex.skipped is not None: recs[ex.id] = _record(bench, ex, None, ex.skipped); continue
+                        try: ready.append(open_images(ex, max_pixels))
+                        except ValueError as e: recs[ex.id] = _record(bench, ex, None, str(e))
+                    if ready:
+                        for ex, (p, why) in zip(ready, predict_or_skip(predict, ready, bench)):
+                            recs[ex.id] = _record(bench, ex, p, why)
+                    for ex in chunk:
+                        done[ex.id] = recs[ex.id]
+                        f.write(json.dumps(recs[ex.id], ensure_ascii=False) + "\n")
                     f.flush()
+                    del ready  # the decoded images of this batch go now
                     if bar is not None: bar.update(len(chunk))
     finally:
         if bar is not None: bar.close()
-    return [_record(bench, ex, done[ex.id]["prediction"]) for ex in examples]
+    out = []
+    for ex in examples:
+        logged = done[ex.id]
+        why = ex.skipped or logged.get("skipped")
+        out.append(_record(bench, ex, None if why else logged["prediction"], why))
+    n_skip = sum("skipped" in r for r in out)
+    if n_skip:
+        kinds = Counter(r["skipped"].split(" (")[0].split(":")[0] for r in out if "skipped" in r)
+        logger.warning("%s: %d of %d examples skipped (%s); %s; ids and reasons in %s", bench.title, n_skip, len(out),
+                       ", ".join(f"{c} {k}" for k, c in kinds.most_common()),
+                       "scored 0 (the benchmark's rule)" if bench.unrunnable == "zero" else "left out of the score", log_path)
+    return out
 
 def score_records(bench: Benchmark, records: Sequence[dict]) -> dict:
-    "Aggregate records of one benchmark: score, n, sub-scores and extras (0-1 scale)."
+    "Aggregate records of one benchmark: score, n, n_skipped (and which), sub-scores and extras (0-1 scale)."
     import pandas as pd
-    df = pd.DataFrame([dict(id=r["id"], score=r["score"], category=r["category"], **r["meta"]) for r in records])
-    if df.empty: return dict(score=float("nan"), n=0, subscores={})
+    skipped = {r["id"]: r["skipped"] for r in records if r.get("skipped")}
+    kept = [r for r in records if not (r.get("skipped") and bench.unrunnable == "exclude")]
+    df = pd.DataFrame([dict(id=r["id"], score=r["score"], category=r["category"], **r["meta"]) for r in kept])
+    extra_skip = dict(n_skipped=len(skipped), skipped=skipped) if skipped else {}
+    if df.empty: return dict(score=float("nan"), n=len(records), subscores={}, **extra_skip)
     df["score"] = df["score"].astype(float)
     score, subs, extra = bench.aggregate(df)
-    return dict(score=float(score), n=len(df), subscores=subs, **extra)
+    if bench.unrunnable == "exclude" and "coverage" in extra and records:  # coverage counts the skipped items too
+        extra = {**extra, "coverage": extra["n_scored"] / len(records)}
+    return dict(score=float(score), n=len(records), subscores=subs, **extra, **extra_skip)
 
 # %% ../nbs/12_benchmarks.ipynb #0dcc1c41
 @dataclass
@@ -679,6 +840,9 @@ class SuiteResult:
         for name, r in self.tasks.items():
             b = BENCHMARKS[name]
             note = f"  (coverage {100 * r['coverage']:.0f}% of items scored)" if r.get("coverage", 1.0) < 1.0 else ""
+            if r.get("n_skipped"):
+                rule = "scored 0" if b.unrunnable == "zero" else "left out"
+                note += f"  ({r['n_skipped']} skipped, {rule}: ids and reasons in the log)"
             lines.append(f"{b.title:34s} {GROUP_TITLES[b.group]:16s} {r['n']:6d} {100 * r['score']:7.1f}{note}")
             for level, subs in r.get("subscores", {}).items():
                 if level in ("category", "split", "question_type", "capability", "domain"):
@@ -708,31 +872,43 @@ def check_resume(out_dir, settings: dict) -> None:
     "Refuse to resume a run folder whose recorded settings differ from `settings` (naming the differences)."
     run_file = Path(out_dir) / "run.json"
     if not run_file.is_file(): return
-    old = json.loads(run_file.read_text()).get("settings", {})
+    old = read_json(run_file)
+    old = old.get("settings", {}) if isinstance(old, dict) else {}
     diff = {k: (old.get(k), v) for k, v in settings.items() if k in old and old.get(k) != v}
     if diff: raise ValueError(f"{out_dir} holds a run with other settings {diff} (old, new); use another --out to start a new run")
 
 def evaluate_suite(predict: Callable, out_dir, suite: str = "all", only: Sequence[str] | None = None, data_dir=None,
                    limit: int | None = None, batch_size: int = 8, progress: bool = True, settings: dict | None = None,
-                   cache_dir=None, probe_timeout: float = 5.0) -> SuiteResult:
-    """Run `predict` on every benchmark of the suite, logging to `out_dir`; every dataset is loaded first, so a missing one
-    fails before any generation. `settings` (model, generation budget…) must match a run being resumed."""
+                   cache_dir=None, probe_timeout: float = 5.0, max_pixels: int | None = None) -> SuiteResult:
+    """Run `predict` on every benchmark of the suite, logging to `out_dir`; every dataset is loaded first (images stay on
+    disk until their batch), so a missing one fails before any generation. `settings` (model, generation budget, pixel
+    cap…) must match a run being resumed; `max_pixels` caps every image."""
     names = resolve_names(suite, only)
     out_dir = Path(out_dir)
     settings = dict(settings or {})
     check_resume(out_dir, settings)
     run_file = out_dir / "run.json"
-    examples = {n: load_examples(n, data_dir, limit, cache_dir=cache_dir, probe_timeout=probe_timeout) for n in names}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(dict(settings=settings, suite=suite, names=names, limit=limit), indent=1))
+    examples = {n: load_examples(n, data_dir, limit, lazy=True, cache_dir=cache_dir, probe_timeout=probe_timeout) for n in names}
+    write_json_atomic(run_file, dict(settings=settings, suite=suite, names=names, limit=limit, max_pixels=max_pixels))
     tasks = {}
     for n in names:
-        recs = run_benchmark(BENCHMARKS[n], examples[n], predict, out_dir / f"{n}.jsonl", batch_size, progress)
+        recs = run_benchmark(BENCHMARKS[n], examples[n], predict, out_dir / f"{n}.jsonl", batch_size, progress, max_pixels)
         tasks[n] = score_records(BENCHMARKS[n], recs)
     res = SuiteResult(tasks, model=str(settings.get("model", "")), suite=suite)
-    (out_dir / "summary.json").write_text(json.dumps(res.to_dict(), indent=1))
-    (out_dir / "summary.txt").write_text(res.format() + "\n")
+    write_text_atomic(out_dir / "summary.json", json.dumps(res.to_dict(), indent=1))  # NaN (an empty benchmark) stays as JSON's NaN
+    write_text_atomic(out_dir / "summary.txt", res.format() + "\n")
     return res
+
+def eval_out_dir(model_dir) -> Path:
+    """The default run folder of `heed eval MODEL`: runs/eval/<parent>-<name>-<8 hex of the absolute path>, so that two
+    models in folders of the same name (every heed train output is `.../model`) never share a run, and the same model
+    always finds its own run again (to resume it)."""
+    import hashlib
+    from heed.env import home_path
+    p = Path(model_dir).expanduser().resolve()
+    tag = hashlib.sha1(str(p).encode()).hexdigest()[:8]
+    name = "-".join(x for x in (p.parent.name, p.name) if x)
+    return home_path(Path("runs") / "eval" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}-{tag}")
 
 # %% ../nbs/12_benchmarks.ipynb #3615dbb3
 def _units(run_dir, names=None):

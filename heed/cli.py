@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .env import env_report, format_report
+from .env import env_report, format_report, write_text_atomic
 from .reproduce import DEFAULT_PROFILE, PROFILES, NotebookFailed, experiment_notebooks, reproduce
 
 # %% auto #0
@@ -29,7 +29,21 @@ def _add_env(sub):
     p.set_defaults(func=_cmd_env)
 
 # %% ../nbs/21_cli.ipynb #c37629ef
+def _outside_clone() -> str | None:
+    "Why `heed reproduce` cannot run here (no clone, so no notebooks), with how to get them; None in a clone."
+    from heed.env import REPOSITORY, project_root
+    if project_root() is not None: return None
+    return (f"heed reproduce re-executes the notebooks of a clone of the repository, and there is none here ({Path.cwd()} is not "
+            f"inside one, and this heed is installed at {Path(__file__).resolve().parent}). Get them with\n"
+            f"  git clone {REPOSITORY} && cd heed && make reproduce\n"
+            "or run heed reproduce from inside a clone (HEED_HOME=/path/to/clone points at one from elsewhere). "
+            "heed train and heed eval work here: the toy teacher and the configs ship with the package.")
+
 def _cmd_reproduce(args) -> int:
+    why = _outside_clone()
+    if why:
+        print(why, file=sys.stderr)
+        return 2
     if args.list:
         for p in experiment_notebooks(only=args.only): print(p.stem)
         return 0
@@ -84,8 +98,8 @@ def _add_train(sub):
 
 # %% ../nbs/21_cli.ipynb #1405ecf8
 def _cmd_eval(args) -> int:
-    from heed.benchmarks import (BENCHMARKS, GROUP_TITLES, BenchmarkUnavailable, check_resume, compare_runs, evaluate_suite,
-                                 load_examples, model_predictor, resolve_names)
+    from heed.benchmarks import (BENCHMARKS, GROUP_TITLES, BenchmarkUnavailable, check_resume, checkpoint_max_pixels, compare_runs,
+                                 eval_out_dir, evaluate_suite, load_examples, model_predictor, resolve_names)
     if args.list:
         for n, b in BENCHMARKS.items():
             cfg = f" [{b.config}]" if b.config else ""
@@ -94,13 +108,15 @@ def _cmd_eval(args) -> int:
     if not args.model:
         print("heed eval: error: give a MODEL folder (a heed train output or a Qwen3-VL checkpoint)", file=sys.stderr)
         return 2
-    from heed.env import home_path
-    # a path as typed in this shell, else (like heed train's outputs) relative to the project root
-    here_or_home = lambda p: Path(p).expanduser().resolve() if Path(p).expanduser().exists() else home_path(p)
+    from heed.env import input_path
+    # a path as typed in this shell, else (like heed train's outputs) relative to the project root; outside a clone, shipped files
+    here_or_home = lambda p: Path(p).expanduser().resolve() if Path(p).expanduser().exists() else input_path(p)
     model_dir = here_or_home(args.model)
-    out = Path(args.out) if args.out else home_path(Path("runs") / "eval" / model_dir.name)
+    out = Path(args.out) if args.out else eval_out_dir(model_dir)
+    max_pixels = args.max_pixels if args.max_pixels is not None else checkpoint_max_pixels(model_dir)
+    if max_pixels is not None and max_pixels < 1: raise ValueError(f"--max-pixels {max_pixels}: expected a positive number of pixels")
     names = resolve_names(args.suite, args.only)
-    settings = dict(model=str(model_dir), max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    settings = dict(model=str(model_dir), max_new_tokens=args.max_new_tokens, dtype=args.dtype, max_pixels=max_pixels)
     check_resume(out, settings)
     try:  # load the data first: a missing dataset must not cost a model load
         for n in names: load_examples(n, args.data_dir, limit=0)
@@ -115,7 +131,7 @@ def _cmd_eval(args) -> int:
     predict = model_predictor(model, processor, args.max_new_tokens)
     try:
         res = evaluate_suite(predict, out, args.suite, args.only, args.data_dir, args.limit, args.batch_size,
-                             progress=not args.no_progress, settings=settings)
+                             progress=not args.no_progress, settings=settings, max_pixels=max_pixels)
     except BenchmarkUnavailable as e:
         print(f"heed eval: {e}", file=sys.stderr)
         return 1
@@ -124,7 +140,7 @@ def _cmd_eval(args) -> int:
     if args.compare:
         rep = compare_runs(here_or_home(args.compare), out)
         md = rep.markdown()
-        (out / "degradation.md").write_text(f"teacher run: {args.compare}\nstudent run: {out}\n\n{md}\n")
+        write_text_atomic(out / "degradation.md", f"teacher run: {args.compare}\nstudent run: {out}\n\n{md}\n")
         print(f"\nselective degradation (teacher {args.compare} vs this run; points, paired 95% CI):\n{md}")
         if rep.hidden: print("\nFLAG: the aggregate hides a drop in at least one benchmark")
     return 0
@@ -137,7 +153,11 @@ def _add_eval(sub):
     p.add_argument("--only", action="append", metavar="NAME", help="run only this registry entry (repeatable; --list shows them)")
     p.add_argument("--limit", type=int, help="first N items of each benchmark (smoke runs)")
     p.add_argument("--data-dir", help="local copies of the datasets (see heed.benchmarks.load_benchmark); default: the hub")
-    p.add_argument("--out", help="run folder for logs and summary (default runs/eval/<model folder name>); an existing run resumes")
+    p.add_argument("--out", help="run folder for logs and summary (default runs/eval/<parent>-<folder>-<hash of the model's path>); "
+                                 "an existing run resumes")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="scale every image down to at most N pixels (width x height) before the processor; default: the "
+                        "checkpoint's own cap (preprocessor_config.json)")
     p.add_argument("--compare", metavar="TEACHER_RUN", help="a teacher's run folder: write the selective-degradation report vs this run")
     p.add_argument("--batch-size", type=int, default=8, help="items per generate call (default 8)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget for every benchmark (default: each benchmark's own)")

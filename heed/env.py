@@ -18,9 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SSD_BACKENDS', 'project_root', 'home_dir', 'figures_dir', 'data_dir', 'home_path', 'fsync_dir', 'atomic_path',
-           'write_text_atomic', 'write_json_atomic', 'replace_dir_atomic', 'mamba_ssm_status', 'ssd_backend',
-           'env_report', 'format_report']
+__all__ = ['REPOSITORY', 'SSD_BACKENDS', 'project_root', 'home_dir', 'figures_dir', 'data_dir', 'home_path', 'shipped_dir',
+           'input_path', 'fsync_dir', 'atomic_path', 'write_text_atomic', 'write_json_atomic', 'replace_dir_atomic',
+           'mamba_ssm_status', 'ssd_backend', 'env_report', 'format_report']
 
 # %% ../nbs/00_env.ipynb #8f62269b
 def _is_root(d: Path) -> bool:
@@ -53,6 +53,23 @@ def home_path(p) -> Path:
     "A path from a config or the command line: absolute as given, else relative to the project root (or cwd outside a clone)."
     p = Path(p).expanduser()
     return p if p.is_absolute() else home_dir() / p
+
+# %% ../nbs/00_env.ipynb #f18a139b
+REPOSITORY = "https://github.com/heed-vlm/heed"  # settings.ini's git_url (a test keeps them equal)
+
+def shipped_dir() -> Path:
+    "Where an installed heed keeps the files it ships beside its code (the toy teacher, configs/): the package's _shipped/."
+    return _package_dir() / "_shipped"
+
+def input_path(p) -> Path:
+    "A path to read: absolute as given; else under the project root or cwd; outside a clone, the shipped copy when only that exists."
+    p = Path(p).expanduser()
+    if p.is_absolute(): return p
+    here = home_dir() / p
+    if not here.exists() and not _is_root(home_dir()):
+        shipped = shipped_dir() / p
+        if shipped.exists(): return shipped
+    return here
 
 # %% ../nbs/00_env.ipynb #7bf9ecb4
 def fsync_dir(folder) -> None:

@@ -14,7 +14,8 @@ import yaml
 
 from .env import home_path, replace_dir_atomic, write_text_atomic
 from .teacher import model_inputs
-from .train import (_PROFILE_SCALE, TEACHER_WORLD, Job, TrainConfig, _read_jsonl, load_config, preset, synth_evaluator,
+from .files import read_jsonl
+from .train import (_PROFILE_SCALE, TEACHER_WORLD, Job, TrainConfig, load_config, preset, synth_evaluator,
                         synth_splits, train)
 
 # %% auto #0
@@ -180,7 +181,7 @@ def assemble_teacher(root, recipe=TEACHER_RECIPE) -> dict:
     root = Path(root); stages = root / "stages"
     records, offset_step, offset_s, done = [], 0, 0.0, {}
     for name, ov in recipe:
-        recs = _read_jsonl(stages / name / "metrics.jsonl")
+        recs = read_jsonl(stages / name / "metrics.jsonl")
         if "continue" in ov:  # the folder was copied: its log starts with the parent's records, and its steps continue them
             parent_steps, s0, t0 = done[ov["continue"]]
             recs = [r for r in recs if r["step"] > parent_steps]

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .env import fsync_dir, write_json_atomic
+
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'GLYPH_ALPHABET', 'DOC_KEYS', 'INKS', 'CATEGORY_GROUPS', 'CATEGORIES', 'GROUPS', 'SYNTH_VERSION',
            'SPLITS', 'font_path', 'load_font', 'SynthConfig', 'draw_background', 'draw_shape', 'draw_glyphs',
@@ -367,20 +369,24 @@ def _features():
                      "glyph_chars": Value("string"), "glyph_boxes": List(box), "cell_shapes": List(Value("int8")),
                      "scene": Value("string")})
 
-def generate_split(split: str, n: int, seed: int, cfg: SynthConfig):
-    "One split as a `datasets.Dataset` of `n` examples."
+def generate_split(split: str, n: int, seed: int, cfg: SynthConfig, progress: bool | None = None):
+    "One split as a `datasets.Dataset` of `n` examples; `progress`: a tqdm bar (None: only when stderr is a terminal)."
     from datasets import Dataset
+    from tqdm.auto import tqdm
     if split not in SPLITS: raise ValueError(f"split {split!r}: expected one of {SPLITS}")
     if n < 0: raise ValueError(f"{split}: n={n} must be >= 0")
     ss = np.random.SeedSequence([seed, SPLITS.index(split)])
     cats = category_schedule(n, cfg, np.random.default_rng(ss.spawn(1)[0]))
     rows = []
+    bar = tqdm(total=n, desc=f"HEED-Synth {split}", unit="ex", disable=(None if progress is None else not progress) or n == 0, leave=False)
     for i, (c, s) in enumerate(zip(cats, ss.spawn(n + 1)[1:])):
         ex = make_example(np.random.default_rng(s), cfg, c)
         buf = io.BytesIO()
         ex["image"].save(buf, format="PNG", compress_level=1)  # lossless; 2.5x faster than the default level, 25% larger
         ex["image"] = {"bytes": buf.getvalue(), "path": None}
         rows.append({"id": f"{split}-{i:06d}", **ex})
+        bar.update(1)
+    bar.close()
     feats = _features()
     return Dataset.from_list(rows, features=feats) if rows else Dataset.from_dict({k: [] for k in feats}, features=feats)
 
@@ -400,13 +406,15 @@ def _load_cached(folder: Path):
     return DatasetDict({s: load_from_disk(str(folder / s)) if (folder / s).is_dir() else
                         Dataset.from_dict({k: [] for k in feats}, features=feats) for s in SPLITS})
 
-def make_synth(n_train: int, n_val: int, n_test: int, seed: int = 0, data_dir=None, cache: bool = True, **knobs):
-    "HEED-Synth as a `datasets.DatasetDict` with train / validation / test splits; knobs are `SynthConfig` fields."
+def make_synth(n_train: int, n_val: int, n_test: int, seed: int = 0, data_dir=None, cache: bool = True,
+               progress: bool | None = None, **knobs):
+    """HEED-Synth as a `datasets.DatasetDict` with train / validation / test splits; knobs are `SynthConfig` fields.
+    Generating shows a progress bar per split when stderr is a terminal (`progress=True`/`False` forces it on/off)."""
     from datasets import DatasetDict
     unknown = set(knobs) - {f.name for f in fields(SynthConfig)}
     if unknown: raise TypeError(f"make_synth: unknown knob(s) {sorted(unknown)}; expected some of {[f.name for f in fields(SynthConfig)]}")
     cfg = SynthConfig(**knobs)
-    build = lambda: DatasetDict({s: generate_split(s, n, seed, cfg) for s, n in zip(SPLITS, (n_train, n_val, n_test))})
+    build = lambda: DatasetDict({s: generate_split(s, n, seed, cfg, progress) for s, n in zip(SPLITS, (n_train, n_val, n_test))})
     if not cache: return build()
     if data_dir is None:
         from heed.env import data_dir as _dd
@@ -420,9 +428,9 @@ def make_synth(n_train: int, n_val: int, n_test: int, seed: int = 0, data_dir=No
     for split, ds in build().items():
         if len(ds): ds.save_to_disk(str(tmp / split))
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "heed_synth.json").write_text(json.dumps(dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
-                                                         version=SYNTH_VERSION, config=asdict(cfg)), indent=1))
-    try: os.replace(tmp, final)
+    write_json_atomic(tmp / "heed_synth.json", dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, version=SYNTH_VERSION,
+                                                   config=asdict(cfg)))
+    try: os.replace(tmp, final); fsync_dir(root)  # not replace_dir_atomic: a copy another process finished first is kept
     except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; its copy is identical
     return _load_cached(final)
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .env import home_path, replace_dir_atomic
+from .env import home_path, input_path, replace_dir_atomic
+from .files import check_model_folder
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'MODEL_INPUT_KEYS', 'build_tokenizer', 'build_image_processor', 'VLProcessor',
@@ -336,9 +337,10 @@ def load_teacher(path, device=None, dtype=None, max_length: int | None = None) -
 def load_model(path, device=None):
     "A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor)."
     from transformers import AutoConfig
-    path = home_path(path)
+    path = input_path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a model folder written by heed train, or a Qwen3-VL checkpoint)")
+    check_model_folder(path)  # a damaged config or weights file: one line naming it, before transformers reads it
     cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     if getattr(getattr(cfg, "text_config", None), "mamba_layers", None):
         from heed.hybrid import Qwen3VLHybridForConditionalGeneration

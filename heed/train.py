@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
+import logging
 import math
+import re
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,14 +24,17 @@ import yaml
 
 from .align import WEIGHTINGS, StepLosses, distillation_losses
 from .density import DensitySettings
-from .env import home_path, replace_dir_atomic, write_text_atomic
+from .env import home_path, input_path, replace_dir_atomic, write_text_atomic
+from .files import read_json, read_jsonl, read_yaml_mapping
+
+logger = logging.getLogger("heed.train")
 
 # %% auto #0
-__all__ = ['JOBS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS', 'ACCELERATE_CONFIGS', 'JOB_BUILDERS', 'TrainConfig',
-           'density_settings', 'load_config', 'config_dict', 'fingerprint', 'preset', 'write_presets', 'lr_factor',
-           'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'find_checkpoint', 'Job',
-           'term_grad_norms', 'train', 'synth_splits', 'synth_evaluator', 'check_pair', 'pretrain_job', 'align_job',
-           'distill_job', 'sft_job', 'build_job']
+__all__ = ['logger', 'JOBS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS', 'ACCELERATE_CONFIGS', 'JOB_BUILDERS',
+           'TrainConfig', 'density_settings', 'set_override', 'load_config', 'config_dict', 'fingerprint', 'preset',
+           'write_presets', 'lr_factor', 'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint',
+           'find_checkpoint', 'Job', 'term_grad_norms', 'train', 'synth_splits', 'WarningTally', 'synth_evaluator',
+           'check_pair', 'pretrain_job', 'align_job', 'distill_job', 'sft_job', 'build_job']
 
 # %% ../nbs/09_train.ipynb #0893b5a9
 JOBS = ("pretrain", "align", "distill", "sft")
@@ -92,6 +99,8 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     if cfg.job in ("align", "distill") and not cfg.teacher:
         raise ValueError(f"job={cfg.job!r} needs a teacher checkpoint directory (teacher=PATH)")
     if not isinstance(cfg.student, dict): raise ValueError(f"student={cfg.student!r}: expected a mapping of hybridize arguments")
+    for k in ("data", "aux", "model"):
+        if not isinstance(getattr(cfg, k), dict): raise ValueError(f"{k}={getattr(cfg, k)!r}: expected a mapping (key: value lines in YAML)")
     density_settings(cfg)                  # bad density values are refused now, not at the first step
     cfg.betas = tuple(cfg.betas)
     return cfg
@@ -104,24 +113,47 @@ def density_settings(cfg: TrainConfig) -> DensitySettings:
 def _parse_value(s: str):
     return yaml.safe_load(s) if s.strip() else s
 
+_MAPPING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.default_factory is dict)
+
+def set_override(raw: dict, key: str, value) -> None:
+    """Set exactly the key that the dotted `key` names (`data.mix.kv` is raw['data']['mix']['kv']), in place; refuse, by name,
+    to go through a value that is not a mapping, or to invent a missing mapping below a config field (that would drop the
+    defaults of its other keys: set the whole mapping instead)."""
+    parts = key.split(".")
+    if not all(p.strip() for p in parts): raise ValueError(f"override {key!r}: a dotted key has an empty part")
+    if len(parts) > 1 and parts[0] not in _MAPPING_FIELDS:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        if parts[0] in known:
+            raise ValueError(f"override {key!r}: {parts[0]} holds a single value, not a mapping; write {parts[0]}=VALUE "
+                             f"(mappings: {', '.join(_MAPPING_FIELDS)})")
+    cur = raw
+    for depth, p in enumerate(parts[:-1]):
+        where = ".".join(parts[:depth + 1])
+        if p not in cur or cur[p] is None:
+            if depth > 0:
+                raise ValueError(f"override {key!r}: this config has no {where}, so setting one key of it would leave out "
+                                 f"every other; give the whole mapping, e.g. {where}={{{parts[depth + 1]}: ...}}")
+            cur[p] = {}
+        elif not isinstance(cur[p], dict):
+            raise ValueError(f"override {key!r}: {where} is {cur[p]!r}, not a mapping, so it has no key {parts[depth + 1]!r}")
+        cur = cur[p]
+    cur[parts[-1]] = value
+
 def load_config(source: str | os.PathLike | dict | None = None, overrides=()) -> TrainConfig:
     "A TrainConfig from a YAML file, a preset name (`pretrain-smoke`) or a dict, with `key=value` overrides."
     if source is None: raw = {}
-    elif isinstance(source, dict): raw = dict(source)
-    elif str(source) in PRESETS: raw = preset(str(source))
+    elif isinstance(source, dict): raw = copy.deepcopy(source)
+    elif str(source) in PRESETS: raw = copy.deepcopy(preset(str(source)))
     else:
-        p = Path(source)
+        p = Path(source).expanduser()
+        p = p if p.is_file() else input_path(source)  # as typed, else under the project root (or shipped, outside a clone)
         if not p.is_file():
             raise FileNotFoundError(f"config {str(source)!r} is neither a file nor a preset ({', '.join(sorted(PRESETS))})")
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = read_yaml_mapping(p)
     for o in overrides:
         if "=" not in o: raise ValueError(f"override {o!r}: expected key=value")
         k, v = o.split("=", 1)
-        cur, *path = k.split(".")  # data.n_train=100 sets one key of a dict field
-        if path:
-            raw.setdefault(cur, {})
-            raw[cur] = {**raw[cur], path[0]: _parse_value(v)}
-        else: raw[cur] = _parse_value(v)
+        set_override(raw, k.strip(), _parse_value(v))
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     bad = sorted(set(raw) - set(known))
     if bad: raise ValueError(f"unknown config key(s) {bad}; known keys: {sorted(known)}")
@@ -299,9 +331,6 @@ def _precision(cfg: TrainConfig) -> str:
 def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
-
 def term_grad_norms(terms: dict, params: list) -> dict:
     """‖∂term/∂θ‖₂ over the trainable parameters θ, for each loss term (one extra backward per term; the graph is kept
     for the real backward). A term that does not reach θ has norm 0."""
@@ -327,7 +356,7 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     if not cfg.resume and ckpt is not None:
         raise FileExistsError(f"{out} already holds a checkpoint; pass resume=true to continue it, or choose another output_dir")
     if ckpt is not None:  # refuse before building anything expensive
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = read_json(ckpt / "trainer_state.json")
         check_fingerprint(state["fingerprint"], cfg, ckpt)
     world = acc.num_processes
     if cfg.batch_size % (world * cfg.grad_accum):
@@ -349,7 +378,7 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
         acc.load_state(str(ckpt))
         start, elapsed0 = state["step"], float(state.get("elapsed_s", 0.0))
         if acc.is_main_process:  # keep the log consistent with the restored state
-            kept = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start]
+            kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start]  # a torn last line is skipped, with a warning
             write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
     elif acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -467,14 +496,30 @@ def synth_splits(cfg: TrainConfig):
     sizes = [int(d.pop(k, v)) for k, v in (("n_train", 1000), ("n_val", 128), ("n_test", 128))]
     return make_synth(*sizes, seed=int(d.pop("seed", 0)), **d)
 
+class WarningTally:
+    "Stands in for a logger during one evaluation: keeps its per-example warnings, and `summary()` says them in one line."
+    def __init__(self): self.calls = []
+    def warning(self, msg, *args): self.calls.append((msg, args))
+
+    def summary(self, n: int, what: str = "validation replies") -> str | None:
+        "One line: how many of the `n` examples warned, of which kinds (the message templates), and the first in full."
+        if not self.calls: return None
+        kinds = Counter(re.sub(r"^example %s: |\s*%r|\s*\(%s: %s\)", "", m) for m, _ in self.calls)
+        first = self.calls[0][0] % self.calls[0][1]
+        return (f"{len(self.calls)} warnings over {n} {what}: " + "; ".join(f"{c} x {k}" for k, c in kinds.most_common())
+                + f" (first: {first[:160]})")
+
 def synth_evaluator(cfg: TrainConfig, processor, split):
-    "Greedy-generation accuracy on the first `eval_examples` validation examples, per category and overall (None if there are none)."
+    """Greedy-generation accuracy on the first `eval_examples` validation examples, per category and overall (None if there
+    are none). A model that replies nothing (an untrained one) gets one warning line per evaluation, not one per example."""
     n = min(cfg.eval_examples, len(split))
     if n == 0: return None
     rows = split.select(range(n))
     def evaluate(model) -> dict:
         from heed.evaluate import evaluate_model
-        res = evaluate_model(model, processor, rows, batch_size=32, progress=False)
+        tally = WarningTally()
+        res = evaluate_model(model, processor, rows, batch_size=32, progress=False, log=tally)
+        if line := tally.summary(n): logger.warning("%s", line)
         return {k: round(float(v), 4) for k, v in res["scores"].items()}
     return evaluate
 
