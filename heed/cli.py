@@ -88,6 +88,7 @@ def _add_eval(sub):
 
 # %% ../nbs/21_cli.ipynb #be719f54
 SUBCOMMANDS = [_add_env, _add_reproduce, _add_train, _add_eval]
+SUBCOMMANDS.append(lambda sub: __import__("heed.lmms", fromlist=["add_parser"]).add_parser(sub))  # heed lmms-tasks
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heed", description="HEED: density-weighted residual alignment for hybrid VLM distillation")
