@@ -130,6 +130,8 @@ def teacher_job(cfg: TrainConfig, device) -> Job:
         if saved is not None and saved.is_file():  # heads a recipe adds later start fresh; the others continue
             _, unexpected = heads.load_state_dict(torch.load(saved, map_location=device, weights_only=True), strict=False)
             if unexpected: raise ValueError(f"{saved}: unexpected auxiliary head weights {unexpected}")
+        for name, head in heads.named_children():  # a head this stage does not train gets no gradient: keep it out of
+            head.requires_grad_(name in aux)         # the optimiser (and out of DDP's unused-parameter check)
     splits = synth_splits(cfg)
     def save(m, folder):
         save_teacher(m.model, t.processor, folder)
