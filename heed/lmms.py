@@ -120,7 +120,7 @@ class HeedLMM(LMMBase):
         if kwargs: raise ValueError(f"heed model: unknown argument(s) {sorted(kwargs)}; expected pretrained, device, batch_size, "
                                     "max_new_tokens, dtype")
         import torch
-        from heed.train import load_model
+        from heed.teacher import load_model
         try: self.batch_size_per_gpu = int(batch_size)
         except (TypeError, ValueError): raise ValueError(f"heed model: batch_size={batch_size!r}: expected an integer") from None
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

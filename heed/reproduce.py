@@ -75,6 +75,7 @@ EXPERIMENT_SIZES = {
         "synth_examples": dict(per_category=2, stats_examples=70),
         "density_maps": dict(synthetic_seeds=1, dpi=50, all_images=False),
         "teacher": dict(test_examples=32),
+        "premise": dict(examples=8),
         "uniform_vs_heed": dict(seeds=STUDENT_SEEDS["smoke"], align_steps=2, distill_steps=2, distill_lr=1e-3, batch_size=4,
                                 test_examples=16, n_train=32),
         "drift_masking": dict(seeds=STUDENT_SEEDS["smoke"], probe_examples=16),
@@ -85,6 +86,7 @@ EXPERIMENT_SIZES = {
         "synth_examples": dict(per_category=5, stats_examples=700),
         "density_maps": dict(synthetic_seeds=4, dpi=100, all_images=True),
         "teacher": dict(test_examples=1024),
+        "premise": dict(examples=512),
         # align 200 + distill 1,000 at lr 1e-3: chosen by measurement in 50_uniform_vs_heed (see its introduction)
         "uniform_vs_heed": dict(seeds=STUDENT_SEEDS["small"], align_steps=200, distill_steps=1000, distill_lr=1e-3, batch_size=16,
                                 test_examples=512, n_train=None),
@@ -96,6 +98,7 @@ EXPERIMENT_SIZES = {
         "synth_examples": dict(per_category=8, stats_examples=3500),
         "density_maps": dict(synthetic_seeds=12, dpi=130, all_images=True),
         "teacher": dict(test_examples=4096),
+        "premise": dict(examples=2048),
         "uniform_vs_heed": dict(seeds=STUDENT_SEEDS["full"], align_steps=300, distill_steps=3000, distill_lr=1e-3, batch_size=32,
                                 test_examples=2048, n_train=None),
         "drift_masking": dict(seeds=STUDENT_SEEDS["full"], probe_examples=4096),

@@ -7,7 +7,8 @@ import datasets
 import pytest
 import torch
 
-from heed.benchmarks import BENCHMARKS, Example, _img, encode_examples, generate_replies, load_examples, write_fixture
+from heed.benchmarks import BENCHMARKS, Example, encode_examples, generate_replies, load_examples
+from heed.testing import text_image, write_fixture
 from heed.lmms import LMMS_EVAL_AVAILABLE, HeedLMM, Instance, LMMBase, lmms_eval_manifest, parse_model_args
 
 datasets.disable_progress_bars()
@@ -36,8 +37,8 @@ def student_dir(teacher_dir, tmp_path_factory):
 def tiny_task():
     "A task as lmms-eval holds it: a DatasetDict per task in lm.task_dict, and the task's doc_to_* functions."
     docs = datasets.Dataset.from_dict(
-        {"image": [_img("STOP"), _img("GO", (80, 48), seed=1), _img("EXIT", seed=2)],
-         "image_2": [None, _img("2", seed=3), None],
+        {"image": [text_image("STOP"), text_image("GO", (80, 48), seed=1), text_image("EXIT", seed=2)],
+         "image_2": [None, text_image("2", seed=3), None],
          "question": ["What is written?", "Which word is on the sign?", "Read the text."],
          "answer": ["STOP", "GO", "EXIT"]},
         features=datasets.Features({"image": datasets.Image(), "image_2": datasets.Image(), "question": datasets.Value("string"),
