@@ -31,10 +31,11 @@ def _add_env(sub):
 # %% ../nbs/21_cli.ipynb #c37629ef
 def _outside_clone() -> str | None:
     "Why `heed reproduce` cannot run here (no clone, so no notebooks), with how to get them; None in a clone."
+    import heed
     from heed.env import REPOSITORY, project_root
     if project_root() is not None: return None
     return (f"heed reproduce re-executes the notebooks of a clone of the repository, and there is none here ({Path.cwd()} is not "
-            f"inside one, and this heed is installed at {Path(__file__).resolve().parent}). Get them with\n"
+            f"inside one, and this heed is installed at {Path(heed.__file__).resolve().parent}). Get them with\n"
             f"  git clone {REPOSITORY} && cd heed && make reproduce\n"
             "or run heed reproduce from inside a clone (HEED_HOME=/path/to/clone points at one from elsewhere). "
             "heed train and heed eval work here: the toy teacher and the configs ship with the package.")

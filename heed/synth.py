@@ -378,7 +378,7 @@ def generate_split(split: str, n: int, seed: int, cfg: SynthConfig, progress: bo
     ss = np.random.SeedSequence([seed, SPLITS.index(split)])
     cats = category_schedule(n, cfg, np.random.default_rng(ss.spawn(1)[0]))
     rows = []
-    bar = tqdm(total=n, desc=f"HEED-Synth {split}", unit="ex", disable=(None if progress is None else not progress) or n == 0, leave=False)
+    bar = tqdm(total=n, desc=f"HEED-Synth {split}", unit="ex", disable=True if n == 0 else (None if progress is None else not progress), leave=False)
     for i, (c, s) in enumerate(zip(cats, ss.spawn(n + 1)[1:])):
         ex = make_example(np.random.default_rng(s), cfg, c)
         buf = io.BytesIO()

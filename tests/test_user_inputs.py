@@ -248,4 +248,4 @@ def test_installed_heed_trains_evaluates_and_explains_reproduce_outside_a_clone(
     assert run.name.startswith("align-model-") and (run / "summary.json").is_file()
     r = heed("reproduce", "--profile", "smoke")
     assert r.returncode == 2 and "git clone https://github.com/heed-vlm/heed && cd heed && make reproduce" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and str(target / "heed") in r.stderr  # the installed copy ran, not the clone's
