@@ -21,7 +21,7 @@ import numpy as np
 
 from .env import write_json_atomic, write_text_atomic
 from .evaluate import anls, extract_option, levenshtein, ocrbench_match, relaxed_accuracy, vqa_accuracy
-from .files import read_json, read_jsonl
+from .files import BadFile, check_parquet, read_json, read_jsonl
 
 logger = logging.getLogger("heed.benchmarks")
 
@@ -481,6 +481,17 @@ def _local_cache(cache_dir, key: str) -> str:
     root = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "heed-local"
     return str(root / f"local-{key}")
 
+def _read_local(b: Benchmark, files: Sequence, load: Callable):
+    "Run `load()` on a local copy's files, checked first; a failure to read them is one line naming the copy."
+    from datasets.exceptions import DatasetGenerationError
+    for f in files:
+        if str(f).endswith(".parquet"): check_parquet(f)
+    try: return load()
+    except BadFile: raise
+    except (ValueError, OSError, DatasetGenerationError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise BadFile(f"{_describe(b)}: the local copy in {Path(files[0]).parent} could not be read "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
 def _load_local(b: Benchmark, path: Path, cache_dir=None):
     import datasets
     if path.is_dir() and (path / "dataset_dict.json").is_file():  # save_to_disk: memory-mapped as it is, no cache
@@ -493,10 +504,12 @@ def _load_local(b: Benchmark, path: Path, cache_dir=None):
         except ValueError as e: raise BenchmarkUnavailable(f"{_describe(b)}: {path}: {str(e)[:300]}") from None
         if b.split not in files: raise BenchmarkUnavailable(f"{_describe(b)}: {path} has splits {list(files)}, not {b.split!r}")
         key = content_key(files[b.split], extra=(path / "README.md").read_text(encoding="utf-8") + str(b.config))
-        return datasets.load_dataset(str(path), b.config, split=b.split, cache_dir=_local_cache(cache_dir, key))
+        return _read_local(b, files[b.split], lambda: datasets.load_dataset(str(path), b.config, split=b.split,
+                                                                            cache_dir=_local_cache(cache_dir, key)))
     files = [str(path)] if path.is_file() else _parquet_files(path)
     if not files: raise BenchmarkUnavailable(f"{_describe(b)}: {path} holds no parquet files, dataset_dict.json or README.md")
-    return datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=_local_cache(cache_dir, content_key(files)))
+    return _read_local(b, files, lambda: datasets.load_dataset("parquet", data_files=files, split="train",
+                                                               cache_dir=_local_cache(cache_dir, content_key(files))))
 
 def load_benchmark(name: str, data_dir=None, revision: str | None = None, cache_dir=None, probe_timeout: float = 5.0):
     "The benchmark's split as a `datasets.Dataset`, from `data_dir` or the hub (see above)."
@@ -783,7 +796,7 @@ def run_benchmark(bench: Benchmark, examples: Sequence[Example], predict: Callab
     if n_skip:
         kinds = Counter(r["skipped"].split(" (")[0].split(":")[0] for r in out if "skipped" in r)
         logger.warning("%s: %d of %d examples skipped (%s); %s; ids and reasons in %s", bench.title, n_skip, len(out),
-                       ", ".join(f"{c} {k}" for k, c in kinds.most_common()),
+                       ", ".join(f"{k}: {c}" for k, c in kinds.most_common()),
                        "scored 0 (the benchmark's rule)" if bench.unrunnable == "zero" else "left out of the score", log_path)
     return out
 

@@ -15,7 +15,7 @@ logger = logging.getLogger("heed.files")
 
 # %% auto #0
 __all__ = ['logger', 'BadFile', 'read_json', 'read_yaml', 'read_yaml_mapping', 'read_jsonl', 'check_safetensors',
-           'check_model_folder']
+           'check_model_folder', 'check_parquet']
 
 # %% ../nbs/00a_files.ipynb #ad95e669
 class BadFile(ValueError):
@@ -129,3 +129,18 @@ def check_model_folder(folder) -> Path:
         if missing: raise BadFile(f"{index}: names shard(s) {missing} that are not in {folder}")
     for p in sorted(folder.glob("*.safetensors")): check_safetensors(p)
     return folder
+
+# %% ../nbs/00a_files.ipynb #40862355
+def check_parquet(path) -> Path:
+    "Refuse a file that cannot be parquet or was cut short: it must start with b'PAR1' and end with a footer length and b'PAR1'."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(max(0, size - 8)); tail = f.read(8)
+    if size < 12 or head != b"PAR1":
+        raise BadFile(f"{path}: not a parquet file ({size:,} bytes; a parquet file starts with b'PAR1')")
+    if tail[4:] != b"PAR1" or int.from_bytes(tail[:4], "little") > size - 12:
+        raise BadFile(f"{path}: truncated: no parquet footer at its end ({size:,} bytes; a copy or download was cut short)")
+    return path
