@@ -67,8 +67,8 @@ def resolve_layout(n_layers: int, attention_layers=None) -> tuple[list[int], lis
     return attn, [i for i in range(n_layers) if i not in attn]
 
 # %% ../nbs/03_hybrid.ipynb #fe4f5db7
-#: What `hybridize` builds unless told otherwise (the gate default is the measured one: nbs/experiments/75_gate_ablation).
-MAMBA_DEFAULTS = dict(d_conv=4, chunk_size=64, bc_norm=True, xb="kv", gate="from_attention")
+#: What `hybridize` builds unless told otherwise (the gate: the measured best, benchmarks/ablate_gate.py; see `hybridize`).
+MAMBA_DEFAULTS = dict(d_conv=4, chunk_size=64, bc_norm=True, xb="kv", gate="new")
 #: How a student saved before the key/value layout was built: what a recorded `heed_mamba` without these keys means.
 LEGACY_MAMBA = dict(xb="query", gate="new")
 

@@ -115,7 +115,9 @@ def test_left_padded_batch_equals_one_by_one(teacher_dir, attn_impl, dtype, tol,
 def test_generate_with_image_matches_uncached_and_mamba_state_is_constant(teacher_dir, kw):
     student = hybridize(load_teacher(teacher_dir), **kw).eval()
     x = prompt(student.config)
-    gen = dict(max_new_tokens=8, do_sample=False, pad_token_id=student.config.text_config.pad_token_id)
+    c = student.config   # a random student may emit an image token; re-read uncached it would ask for image features
+    gen = dict(max_new_tokens=8, do_sample=False, pad_token_id=c.text_config.pad_token_id,
+               suppress_tokens=[c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id])
     with torch.no_grad():
         out = student.generate(**x, **gen, return_dict_in_generate=True)
         assert torch.equal(out.sequences, student.generate(**x, **gen, use_cache=False))
