@@ -3,7 +3,7 @@
 1. Toy: a tiny Qwen3-VL (text hidden 128, 4 layers; vision depth 2, hidden 64, patch 16, merge 2) on a batch of
    HEED-Synth-sized images (128x128 -> 16 visual tokens each). Measured: one teacher forward as a distillation step
    runs it (`heed.align.teacher_forward`: no_grad, residual and vision capture), and the density + weights of the
-   batch (`heed.align.alignment_weights`, mode 'heed', per proxy, feature proxies on the captured vision features).
+   batch (`heed.align.alignment_weights`, weighting heed, per proxy, feature proxies on the captured vision features).
 2. 8B-like shape: one 1024x1024 image -> 32x32 = 1024 visual tokens of 4096 features (Qwen3-VL-8B's out_hidden),
    4096 ViT patches of 1152 features for the sub-patch proxy, and the 4096 x 1536 pixel_values for the pixel proxy.
    The teacher forward is not run (no 8B weights here): its cost is estimated as 2 x 8.8e9 params x tokens FLOPs
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from heed.align import alignment_weights, teacher_forward
-from heed.density import METHODS, VisionFeatures, words_image
+from heed.density import METHODS, DensitySettings, VisionFeatures, words_image
 
 PARAMS_8B = 8.8e9
 
@@ -131,7 +131,7 @@ def main():
     n_vis = int(batch["mm_token_type_ids"].sum())
     L = batch["input_ids"].shape[1]
     tout = teacher_forward(model, batch)
-    cands = {m: (lambda m=m: alignment_weights(batch, "heed", tout.vision, m, model=model)) for m in METHODS}
+    cands = {m: (lambda m=m: alignment_weights(batch, "heed", tout.vision, DensitySettings(m), model=model)) for m in METHODS}
     got, ref = interleaved(lambda: teacher_forward(model, batch), cands, args.repeats)
     out.append(f"- toy: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M-param Qwen3-VL, batch {args.batch} × "
                f"(128² image = 16 visual tokens, L = {L}), {n_vis} visual tokens; "
@@ -153,7 +153,7 @@ def main():
     ids = torch.zeros(1, L, dtype=torch.long)
     ids[0, 1:1 + n_tok] = 1
     big = dict(input_ids=ids, mm_token_type_ids=ids, pixel_values=pv, image_grid_thw=g)
-    cands = {m: (lambda m=m: alignment_weights(big, "heed", feats, m)) for m in METHODS}
+    cands = {m: (lambda m=m: alignment_weights(big, "heed", feats, DensitySettings(m))) for m in METHODS}
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, 2 * n)
     got, ref = interleaved(lambda: a @ b, cands, args.repeats)

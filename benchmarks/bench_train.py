@@ -32,7 +32,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from heed.teacher import build_toy_teacher, save_teacher
-    from heed.train import build_job, load_config, synth_splits, _model_inputs
+    from heed.train import build_job, load_config, synth_splits
+    from heed.teacher import model_inputs
     out = {}
     with tempfile.TemporaryDirectory() as t:
         teacher = build_toy_teacher(seed=0)
@@ -50,7 +51,7 @@ def main():
                 sum(terms.values()).backward(); opt.step(); opt.zero_grad(set_to_none=True)
             out[f"{job_name}/{weighting} step"] = timeit(step, args.repeats)
         tm = teacher.model.eval()
-        inputs = _model_inputs(batch)
+        inputs = model_inputs(batch)
         with torch.no_grad():
             out["teacher forward"] = timeit(lambda: tm(**inputs), args.repeats)
     base = out["teacher forward"]["median_ms"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .env import env_report, format_report
@@ -82,12 +83,99 @@ def _add_train(sub):
     p.set_defaults(func=_cmd_train)
 
 # %% ../nbs/21_cli.ipynb #1405ecf8
+def _cmd_eval(args) -> int:
+    from heed.benchmarks import (BENCHMARKS, GROUP_TITLES, BenchmarkUnavailable, check_resume, compare_runs, evaluate_suite,
+                                 load_examples, model_predictor, resolve_names)
+    if args.list:
+        for n, b in BENCHMARKS.items():
+            cfg = f" [{b.config}]" if b.config else ""
+            print(f"{n:18s} {GROUP_TITLES[b.group]:16s} {b.dataset}{cfg} : {b.split}  ({b.scorer})")
+        return 0
+    if not args.model:
+        print("heed eval: error: give a MODEL folder (a heed train output or a Qwen3-VL checkpoint)", file=sys.stderr)
+        return 2
+    from heed.env import home_path
+    # a path as typed in this shell, else (like heed train's outputs) relative to the project root
+    here_or_home = lambda p: Path(p).expanduser().resolve() if Path(p).expanduser().exists() else home_path(p)
+    model_dir = here_or_home(args.model)
+    out = Path(args.out) if args.out else home_path(Path("runs") / "eval" / model_dir.name)
+    names = resolve_names(args.suite, args.only)
+    settings = dict(model=str(model_dir), max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    check_resume(out, settings)
+    try:  # load the data first: a missing dataset must not cost a model load
+        for n in names: load_examples(n, args.data_dir, limit=0)
+    except BenchmarkUnavailable as e:
+        print(f"heed eval: {e}", file=sys.stderr)
+        return 1
+    import torch
+    from heed.teacher import load_model
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_model(model_dir, device=device)
+    if args.dtype: model = model.to(getattr(torch, args.dtype))  # explicit precision, whatever the checkpoint stores
+    predict = model_predictor(model, processor, args.max_new_tokens)
+    try:
+        res = evaluate_suite(predict, out, args.suite, args.only, args.data_dir, args.limit, args.batch_size,
+                             progress=not args.no_progress, settings=settings)
+    except BenchmarkUnavailable as e:
+        print(f"heed eval: {e}", file=sys.stderr)
+        return 1
+    print(res.format())
+    print(f"\nper-sample logs and summary.json in {out}")
+    if args.compare:
+        rep = compare_runs(here_or_home(args.compare), out)
+        md = rep.markdown()
+        (out / "degradation.md").write_text(f"teacher run: {args.compare}\nstudent run: {out}\n\n{md}\n")
+        print(f"\nselective degradation (teacher {args.compare} vs this run; points, paired 95% CI):\n{md}")
+        if rep.hidden: print("\nFLAG: the aggregate hides a drop in at least one benchmark")
+    return 0
+
 def _add_eval(sub):
-    from heed.benchmarks import add_eval_parser
-    add_eval_parser(sub)
+    from heed.benchmarks import SUITES
+    p = sub.add_parser("eval", help="evaluate a teacher or student folder on the real benchmark suite (OCR/document vs scene/reasoning)")
+    p.add_argument("model", nargs="?", help="model folder: a heed train output (teacher or hybrid student) or a Qwen3-VL checkpoint")
+    p.add_argument("--suite", choices=list(SUITES), default="all", help="ocr (6 benchmarks), scene (4) or all (10; default)")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this registry entry (repeatable; --list shows them)")
+    p.add_argument("--limit", type=int, help="first N items of each benchmark (smoke runs)")
+    p.add_argument("--data-dir", help="local copies of the datasets (see heed.benchmarks.load_benchmark); default: the hub")
+    p.add_argument("--out", help="run folder for logs and summary (default runs/eval/<model folder name>); an existing run resumes")
+    p.add_argument("--compare", metavar="TEACHER_RUN", help="a teacher's run folder: write the selective-degradation report vs this run")
+    p.add_argument("--batch-size", type=int, default=8, help="items per generate call (default 8)")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget for every benchmark (default: each benchmark's own)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="cast the model after loading (e.g. bfloat16 on a GPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.set_defaults(func=_cmd_eval)
+    return p
+
+# %% ../nbs/21_cli.ipynb #lmmstk02
+def _cmd_lmms_tasks(args) -> int:
+    from heed.benchmarks import BenchmarkUnavailable
+    from heed.lmms import LOCAL_TAG, write_lmms_tasks  # imports lmms-eval when it is installed: only for this command
+    try: res = write_lmms_tasks(args.data_dir, args.out, args.only, args.lmms_tasks_dir)
+    except BenchmarkUnavailable as e:
+        print(f"heed lmms-tasks: {e}", file=sys.stderr)
+        return 1
+    for n, r in res.items(): print(f"{n:18s} {r}")
+    written = [n for n, r in res.items() if isinstance(r, Path)]
+    if not written:
+        print(f"heed lmms-tasks: no local copy found under {args.data_dir}", file=sys.stderr)
+        return 1
+    print(f"\n{len(written)} task(s) in {args.out}: lmms-eval --model heed --model_args pretrained=MODEL --include_path {args.out} "
+          f"--tasks {LOCAL_TAG} (with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1; its exit code hides failures: read its log)")
+    return 0
+
+def _add_lmms_tasks(sub):
+    p = sub.add_parser("lmms-tasks", help="write lmms-eval task files that read the local benchmark copies heed eval reads (offline runs)")
+    p.add_argument("--data-dir", required=True, help="local copies of the datasets, as for heed eval --data-dir")
+    p.add_argument("--out", required=True, help="folder for the task files (pass it to lmms-eval as --include_path)")
+    p.add_argument("--only", action="append", metavar="NAME", help="only this registry entry (repeatable; heed eval --list shows them)")
+    p.add_argument("--lmms-tasks-dir", help="lmms-eval's tasks folder (default: that of the lmms-eval installed in this Python)")
+    p.set_defaults(func=_cmd_lmms_tasks)
+    return p
 
 # %% ../nbs/21_cli.ipynb #be719f54
-SUBCOMMANDS = [_add_env, _add_reproduce, _add_train, _add_eval]
+SUBCOMMANDS = [_add_env, _add_reproduce, _add_train, _add_eval, _add_lmms_tasks]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heed", description="HEED: density-weighted residual alignment for hybrid VLM distillation")

@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw, ImageFont
 __all__ = ['METHODS', 'DEFAULT_METHOD', 'LUMA', 'CLIP_STD', 'neighbour_dissimilarity', 'subpatch_dissimilarity', 'luminance',
            'gradient_energy', 'pixel_density_map', 'image_density', 'density_weights', 'VisionFeatures',
            'vision_features', 'capture_vision', 'patches_to_images', 'visual_token_density', 'visual_mask',
-           'token_weights', 'batch_token_weights', 'words_image', 'ink_fraction', 'ink_scores']
+           'token_weights', 'batch_token_weights', 'DensitySettings', 'vision_geometry', 'words_image', 'ink_fraction',
+           'ink_scores']
 
 # %% ../nbs/04_density.ipynb #d46cf0f9
 METHODS = ("feature", "subpatch", "pixel")
@@ -337,6 +338,27 @@ def batch_token_weights(batch, method: str = DEFAULT_METHOD, features: VisionFea
     image_token_id = getattr(getattr(model, "config", None), "image_token_id", None)
     mask = visual_mask(batch.get("input_ids"), batch.get("mm_token_type_ids"), image_token_id)
     return token_weights(density_weights(dens, sharpness, floor), mask, text_weight)
+
+# %% ../nbs/04_density.ipynb #8199b0d8
+@dataclass(frozen=True)
+class DensitySettings:
+    "How HEED turns patch density into token weights: the proxy, the weight curve, and the weight of non-visual tokens."
+    method: str = DEFAULT_METHOD
+    sharpness: float = 1.0
+    floor: float = 0.1
+    text_weight: float = 1.0
+
+    def __post_init__(self):
+        _check_method(self.method)
+        if not (self.sharpness >= 0): raise ValueError(f"density sharpness={self.sharpness}: expected a number >= 0")
+        if not (0 <= self.floor <= 1): raise ValueError(f"density floor={self.floor}: expected a number in [0, 1]")
+        if not (self.text_weight >= 0): raise ValueError(f"text_weight={self.text_weight}: expected a number >= 0")
+
+def vision_geometry(model=None) -> dict:
+    "{'patch_size', 'merge_size', 'temporal_patch_size'} of a Qwen3-VL-like model's vision tower (processor defaults without one)."
+    vc = getattr(getattr(model, "config", None), "vision_config", None)
+    if vc is None: return dict(patch_size=16, merge_size=2, temporal_patch_size=2)
+    return dict(patch_size=vc.patch_size, merge_size=vc.spatial_merge_size, temporal_patch_size=vc.temporal_patch_size)
 
 # %% ../nbs/04_density.ipynb #1fc77581
 def words_image(background: np.ndarray, n_words: int = 6, seed: int = 0, font_size: int = 16) -> tuple[np.ndarray, np.ndarray]:

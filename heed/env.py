@@ -5,18 +5,22 @@
 # %% ../nbs/00_env.ipynb #4e1ddf37
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
+import shutil
 import sys
 from functools import lru_cache
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SSD_BACKENDS', 'project_root', 'home_dir', 'figures_dir', 'data_dir', 'mamba_ssm_status', 'ssd_backend', 'env_report',
-           'format_report']
+__all__ = ['SSD_BACKENDS', 'project_root', 'home_dir', 'figures_dir', 'data_dir', 'home_path', 'fsync_dir', 'atomic_path',
+           'write_text_atomic', 'write_json_atomic', 'replace_dir_atomic', 'mamba_ssm_status', 'ssd_backend',
+           'env_report', 'format_report']
 
 # %% ../nbs/00_env.ipynb #8f62269b
 def _is_root(d: Path) -> bool:
@@ -43,6 +47,54 @@ def home_dir() -> Path:
 
 def figures_dir() -> Path: return home_dir() / "figures"
 def data_dir() -> Path: return home_dir() / "data"
+
+# %% ../nbs/00_env.ipynb #2c032431
+def home_path(p) -> Path:
+    "A path from a config or the command line: absolute as given, else relative to the project root (or cwd outside a clone)."
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else home_dir() / p
+
+# %% ../nbs/00_env.ipynb #7bf9ecb4
+def fsync_dir(folder) -> None:
+    "Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened (Windows)."
+    try: fd = os.open(folder, os.O_RDONLY)
+    except OSError: return
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
+@contextlib.contextmanager
+def atomic_path(path):
+    "Yield a temporary path beside `path`; when the block succeeds, fsync it and rename it onto `path`. On error, remove it."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.exists(): raise FileNotFoundError(f"{tmp}: the writer inside atomic_path({str(path)!r}) wrote nothing")
+        with open(tmp, "rb+") as f: os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if tmp.exists(): tmp.unlink()
+
+def write_text_atomic(path, text: str) -> Path:
+    "Write `text` (UTF-8) to `path` atomically and durably."
+    with atomic_path(path) as tmp: tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+def write_json_atomic(path, obj, indent: int | None = 1) -> Path:
+    "Write `obj` as JSON to `path` atomically and durably (NaN is refused: results must be valid JSON)."
+    return write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+def replace_dir_atomic(tmp, final) -> None:
+    "Move the finished folder `tmp` to `final`, keeping the previous `final` (as `final.old`) until the move succeeded."
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(final.name + ".old")
+    if old.exists(): shutil.rmtree(old)
+    if final.exists(): os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old.exists(): shutil.rmtree(old)
 
 # %% ../nbs/00_env.ipynb #d8bb48fd
 def _version(dist: str) -> str | None:

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .env import home_path, replace_dir_atomic
+
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'build_tokenizer', 'build_image_processor', 'VLProcessor', 'AnswerCollator',
-           'cell_centres', 'cell_colours', 'toy_teacher_config', 'Teacher', 'build_toy_teacher', 'save_teacher',
-           'load_teacher']
+__all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'MODEL_INPUT_KEYS', 'build_tokenizer', 'build_image_processor', 'VLProcessor',
+           'AnswerCollator', 'cell_centres', 'cell_colours', 'model_inputs', 'toy_teacher_config', 'Teacher',
+           'build_toy_teacher', 'save_teacher', 'load_teacher', 'load_model']
 
 # %% ../nbs/07_teacher.ipynb #9c879aa2
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -243,6 +245,15 @@ def cell_colours(row) -> list:
     shapes, names = _shapes_by_kind(row), list(COLOURS)
     return [0 if k == 0 else 1 + names.index(shapes[SHAPES[k - 1]]["colour"]) for k in row["cell_shapes"]]
 
+# %% ../nbs/07_teacher.ipynb #67e6fa17
+#: What a Qwen3-VL forward takes from a batch (anything else — labels, auxiliary targets, example ids — stays out).
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids",
+                    "pixel_values_videos", "video_grid_thw")
+
+def model_inputs(batch: dict) -> dict:
+    "The part of a collated batch that the model's forward takes (no labels, no auxiliary targets)."
+    return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+
 # %% ../nbs/07_teacher.ipynb #51999385
 def toy_teacher_config(tokenizer, text: dict | None = None, vision: dict | None = None, **top):
     "A `Qwen3VLConfig` of the toy teacher for `tokenizer` (about 1.1 M parameters)."
@@ -294,8 +305,7 @@ def save_teacher(model, processor: VLProcessor, path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    if path.exists(): shutil.rmtree(path)
-    os.replace(tmp, path)
+    replace_dir_atomic(tmp, path)
     return path
 
 def load_teacher(path, device=None, dtype=None, max_length: int | None = None) -> Teacher:
@@ -321,3 +331,18 @@ def load_teacher(path, device=None, dtype=None, max_length: int | None = None) -
     if model.generation_config.eos_token_id is None or model.generation_config.pad_token_id is None:
         _set_generation_defaults(model, processor)
     return Teacher(model.eval(), processor)
+
+# %% ../nbs/07_teacher.ipynb #f15b8147
+def load_model(path, device=None):
+    "A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor)."
+    from transformers import AutoConfig
+    path = home_path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a model folder written by heed train, or a Qwen3-VL checkpoint)")
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    if getattr(getattr(cfg, "text_config", None), "mamba_layers", None):
+        from heed.hybrid import Qwen3VLHybridForConditionalGeneration
+        model = Qwen3VLHybridForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        return model.to(device or "cpu").eval(), VLProcessor.from_pretrained(path)
+    t = load_teacher(path, device=device)
+    return t.model, t.processor

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,18 +18,19 @@ from typing import Any, Callable
 import torch
 import yaml
 
+from .align import ALIGNMENTS, WEIGHTINGS, StepLosses, distillation_losses
+from .density import DensitySettings
+from .env import home_path, replace_dir_atomic, write_text_atomic
+
 # %% auto #0
-__all__ = ['JOBS', 'WEIGHTINGS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS', 'ACCELERATE_CONFIGS', 'AUX_LOSSES',
-           'JOB_BUILDERS', 'WORLD_V1', 'TEACHER_RECIPE', 'TrainConfig', 'load_config', 'config_dict', 'fingerprint',
-           'preset', 'write_presets', 'lr_factor', 'batch_indices', 'NonFiniteLoss', 'check_finite',
-           'check_fingerprint', 'write_text_atomic', 'replace_dir_atomic', 'find_checkpoint', 'Job', 'train',
-           'home_path', 'synth_splits', 'load_model', 'check_pair', 'AuxHeads', 'glyph_loss', 'centre_loss',
-           'TeacherWithHeads', 'pretrain_job', 'align_job', 'distill_job', 'sft_job', 'build_job', 'train_teacher',
-           'assemble_teacher']
+__all__ = ['JOBS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS', 'ACCELERATE_CONFIGS', 'JOB_BUILDERS', 'TrainConfig',
+           'density_settings', 'load_config', 'config_dict', 'fingerprint', 'preset', 'write_presets', 'lr_factor',
+           'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'find_checkpoint', 'Job',
+           'term_grad_norms', 'train', 'synth_splits', 'synth_evaluator', 'check_pair', 'pretrain_job', 'align_job',
+           'distill_job', 'sft_job', 'build_job']
 
 # %% ../nbs/09_train.ipynb #0893b5a9
 JOBS = ("pretrain", "align", "distill", "sft")
-WEIGHTINGS = ("uniform", "heed")
 
 @dataclass
 class TrainConfig:
@@ -39,6 +39,7 @@ class TrainConfig:
     teacher: str | None = None             # teacher checkpoint dir (align, distill); a real Qwen3-VL dir works
     init: str | None = None                # student to start from (distill: the align output; sft: a student)
     weighting: str = "heed"                # residual alignment: uniform | heed
+    student: dict = field(default_factory=dict)  # align/distill from a teacher: keyword arguments of heed.hybrid.hybridize
     # data (HEED-Synth knobs, passed to heed.synth.make_synth)
     data: dict = field(default_factory=dict)
     # optimisation
@@ -54,10 +55,11 @@ class TrainConfig:
     mixed_precision: str = "auto"          # auto (bf16 on CUDA, none on CPU) | no | bf16
     seed: int = 0
     # losses
-    align_weight: float = 1.0
+    align_weight: float = 1.0              # 0 with job=distill: end-to-end KD only (no alignment term is computed)
     kd_weight: float = 1.0
     kd_temperature: float = 1.0
     align_layers: list | None = None       # None: the student's Mamba layers
+    alignment: str = "global"              # global: the student's own residual stream | local: each layer fed the teacher's input
     text_weight: float = 1.0               # HEED weight of non-visual tokens
     density_method: str | None = None      # None: heed.density's default proxy
     density_sharpness: float = 1.0
@@ -73,12 +75,13 @@ class TrainConfig:
 
 FINGERPRINT_FIELDS = ("job", "teacher", "init", "weighting", "data", "batch_size", "grad_accum", "lr", "weight_decay",
                       "betas", "warmup_steps", "min_lr_ratio", "align_weight", "kd_weight", "kd_temperature",
-                      "align_layers", "text_weight", "density_method", "density_sharpness", "density_floor",
-                      "aux", "model", "seed")
+                      "align_layers", "alignment", "text_weight", "density_method", "density_sharpness", "density_floor",
+                      "aux", "model", "student", "seed")
 
 # %% ../nbs/09_train.ipynb #934f4f81
 def _check(cfg: TrainConfig) -> TrainConfig:
     if cfg.job not in JOBS: raise ValueError(f"job={cfg.job!r}: expected one of {JOBS}")
+    if cfg.alignment not in ALIGNMENTS: raise ValueError(f"alignment={cfg.alignment!r}: expected one of {ALIGNMENTS}")
     if cfg.weighting not in WEIGHTINGS: raise ValueError(f"weighting={cfg.weighting!r}: expected one of {WEIGHTINGS}")
     if cfg.mixed_precision not in ("auto", "no", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}: expected auto, no or bf16")
@@ -90,8 +93,15 @@ def _check(cfg: TrainConfig) -> TrainConfig:
                          "expected lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
     if cfg.job in ("align", "distill") and not cfg.teacher:
         raise ValueError(f"job={cfg.job!r} needs a teacher checkpoint directory (teacher=PATH)")
+    if not isinstance(cfg.student, dict): raise ValueError(f"student={cfg.student!r}: expected a mapping of hybridize arguments")
+    density_settings(cfg)                  # bad density values are refused now, not at the first step
     cfg.betas = tuple(cfg.betas)
     return cfg
+
+def density_settings(cfg: TrainConfig) -> DensitySettings:
+    "The HEED weighting settings of a config, as the one value the loss takes."
+    return DensitySettings(**({"method": cfg.density_method} if cfg.density_method else {}), sharpness=cfg.density_sharpness,
+                           floor=cfg.density_floor, text_weight=cfg.text_weight)
 
 def _parse_value(s: str):
     return yaml.safe_load(s) if s.strip() else s
@@ -252,27 +262,14 @@ def check_finite(terms: dict, step: int) -> None:
 
 def check_fingerprint(saved: dict, cfg: TrainConfig, where) -> None:
     now = fingerprint(cfg)
-    diff = {k: (saved.get(k), now[k]) for k in now if saved.get(k) != now[k]}
+    defaults = fingerprint(TrainConfig(job="sft"))  # a field added after a checkpoint was written reads as its default
+    diff = {k: (saved.get(k, defaults[k]), now[k]) for k in now if saved.get(k, defaults[k]) != now[k]}
     if diff:
         lines = "\n".join(f"  {k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"checkpoint {where} does not match this config:\n{lines}\n"
                          "start a new output_dir, or set these back to resume")
 
 # %% ../nbs/09_train.ipynb #78d27cc9
-def write_text_atomic(path, text: str) -> None:
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-def replace_dir_atomic(tmp: Path, final: Path) -> None:
-    "Move the finished folder `tmp` to `final`, keeping the previous `final` until the move succeeded."
-    old = final.with_name(final.name + ".old")
-    if old.exists(): shutil.rmtree(old)
-    if final.exists(): os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists(): shutil.rmtree(old)
-
 def find_checkpoint(output_dir) -> Path | None:
     "The last complete checkpoint of a run, recovering one left half-swapped by a crash."
     d = Path(output_dir)
@@ -287,10 +284,11 @@ class Job:
     module: torch.nn.Module                       # trains; wrapped by accelerate (DDP / FSDP)
     dataset: Any                                  # indexable training examples
     collate: Callable[[list], dict]               # examples -> batch of tensors
-    loss: Callable[[torch.nn.Module, dict], dict]  # (prepared module, batch) -> {term: scalar tensor}
+    loss: Callable[[torch.nn.Module, dict], dict]  # (prepared module, batch) -> {term: scalar tensor}; their sum is the loss
     save: Callable[[torch.nn.Module, Path], None]  # (unwrapped module, folder) -> the final model
     evaluate: Callable[[torch.nn.Module], dict] | None = None
     description: str = ""
+    step_losses: Callable[[torch.nn.Module, dict], StepLosses] | None = None  # student jobs: what `loss` calls, with the weights
 
     @property
     def params(self): return [p for p in self.module.parameters() if p.requires_grad]
@@ -305,6 +303,16 @@ def _to_device(batch: dict, device) -> dict:
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+def term_grad_norms(terms: dict, params: list) -> dict:
+    """‖∂term/∂θ‖₂ over the trainable parameters θ, for each loss term (one extra backward per term; the graph is kept
+    for the real backward). A term that does not reach θ has norm 0."""
+    out = {}
+    for name, v in terms.items():
+        if not v.requires_grad: out[name] = 0.0; continue
+        gs = torch.autograd.grad(v, params, retain_graph=True, allow_unused=True)
+        out[name] = float(sum(((g.detach().float() ** 2).sum() for g in gs if g is not None), torch.zeros(())).sqrt())
+    return out
 
 def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int | None = None, progress: bool = True) -> dict:
     "Run `cfg.job` (or the job `job_builder(cfg, device)` returns); returns a summary dict."
@@ -370,12 +378,17 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
 
     stop = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
     bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.job}", disable=not (progress and acc.is_main_process))
+    # per-term gradient norms need autograd.grad on unsharded parameters; FSDP shards them, so there only the total is logged
+    from accelerate.utils import DistributedType
+    term_norms_ok = acc.distributed_type != DistributedType.FSDP
     module.train()
     t_run = time.perf_counter()
     for step in range(start, stop):
         t0 = time.perf_counter()
         idx = batch_indices(step, len(job.dataset), cfg.batch_size, cfg.seed, acc.process_index, world)
+        log_now = step == 0 or (step + 1) % cfg.log_every == 0 or step + 1 == stop
         sums: dict = {}
+        norms: dict = {}
         for m in range(cfg.grad_accum):
             batch = _to_device(job.collate([job.dataset[i] for i in idx[m * micro:(m + 1) * micro]]), acc.device)
             sync = acc.no_sync(module) if m < cfg.grad_accum - 1 else contextlib.nullcontext()
@@ -386,6 +399,8 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
                 if acc.reduce(bad, "sum").any():  # every process learns of a NaN anywhere, and stops
                     check_finite(terms, step)
                     raise NonFiniteLoss(f"step {step}: a loss term became non-finite on another process")
+                if log_now and m == 0 and term_norms_ok:  # the first micro-batch's terms, before they are summed
+                    norms = term_grad_norms(terms, params)
                 acc.backward(sum(terms.values()) / cfg.grad_accum)
             for k, v in terms.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
         gnorm = acc.clip_grad_norm_(params, cfg.clip_grad) if cfg.clip_grad > 0 else None
@@ -394,11 +409,12 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
         lr = sched.get_last_lr()[0]
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
         terms_mean = {k: acc.reduce(v, "mean").item() for k, v in sums.items()}
+        norms = {f"grad_norm/{k}": acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in norms.items()}
         dt = time.perf_counter() - t0
-        rec = dict(step=step + 1, loss=sum(terms_mean.values()), **terms_mean, lr=lr,
-                   grad_norm=None if gnorm is None else float(gnorm), examples_per_s=cfg.batch_size / dt,
+        rec = dict(step=step + 1, loss=sum(terms_mean.values()), **terms_mean, lr=lr, **norms,
+                   **{"grad_norm/total": None if gnorm is None else float(gnorm)}, examples_per_s=cfg.batch_size / dt,
                    elapsed_s=round(elapsed0 + time.perf_counter() - t_run, 2))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == stop: log(rec)
+        if log_now: log(rec)
         bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", ex_s=f"{rec['examples_per_s']:.0f}")
         if cfg.eval_every and job.evaluate and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             _evaluate(acc, job, module, step + 1, lambda r: log({**r, "elapsed_s": rec["elapsed_s"]}))
@@ -446,12 +462,6 @@ def _toy_job(cfg: TrainConfig, device, nan_at: int | None = None) -> Job:
                loss, save, evaluate=lambda m: {"mse": float(((m(X) - Y) ** 2).mean())}, description="toy regression")
 
 # %% ../nbs/09_train.ipynb #82c8164a
-def home_path(p) -> Path:
-    "A config path: absolute as given, else relative to the project root (or cwd outside a clone)."
-    from heed.env import home_dir
-    p = Path(p).expanduser()
-    return p if p.is_absolute() else home_dir() / p
-
 def synth_splits(cfg: TrainConfig):
     "The HEED-Synth DatasetDict a config asks for (generated once, then read from data/cache)."
     from heed.synth import make_synth
@@ -459,112 +469,8 @@ def synth_splits(cfg: TrainConfig):
     sizes = [int(d.pop(k, v)) for k, v in (("n_train", 1000), ("n_val", 128), ("n_test", 128))]
     return make_synth(*sizes, seed=int(d.pop("seed", 0)), **d)
 
-def load_model(path, device=None):
-    "A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor)."
-    from transformers import AutoConfig
-    from heed.teacher import VLProcessor, load_teacher
-    path = home_path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: no config.json (expected a model folder written by heed train, or a Qwen3-VL checkpoint)")
-    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    if getattr(getattr(cfg, "text_config", None), "mamba_layers", None):
-        from heed.hybrid import Qwen3VLHybridForConditionalGeneration
-        model = Qwen3VLHybridForConditionalGeneration.from_pretrained(path, local_files_only=True)
-        return model.to(device or "cpu").eval(), VLProcessor.from_pretrained(path)
-    t = load_teacher(path, device=device)
-    return t.model, t.processor
-
-def check_pair(teacher, student) -> None:
-    "Refuse a teacher/student pair whose vocabulary or hidden size differ, naming which."
-    tt, st = teacher.config.text_config, student.config.text_config
-    for k in ("vocab_size", "hidden_size", "num_hidden_layers"):
-        if getattr(tt, k) != getattr(st, k):
-            raise ValueError(f"teacher and student differ in text {k}: teacher {getattr(tt, k)}, student {getattr(st, k)}")
-
-# %% ../nbs/09_train.ipynb #bbfb7aa2
-AUX_LOSSES = ("glyph", "scene_cell", "scene_colour", "scene_centre", "ground")
-
-class AuxHeads(torch.nn.Module):
-    "Teacher-only heads on the merged visual tokens: glyph per sub-patch, and the shape of each merged cell."
-    def __init__(self, dim: int, merge: int, n_glyphs: int, n_shapes: int, n_colours: int = 0, text_dim: int | None = None):
-        super().__init__()
-        self.merge, self.n_glyphs = merge, n_glyphs
-        self.glyph = torch.nn.Linear(dim, merge * merge * (n_glyphs + 1))
-        self.scene_cell = torch.nn.Linear(dim, n_shapes + 1)
-        self.scene_colour = torch.nn.Linear(dim, n_colours + 1) if n_colours else None
-        self.scene_centre = torch.nn.Linear(dim, 2)  # (x, y) of the covering shape's centre, in [0, 1]
-        # starts at the image centre with no pull on the features, so adding it to a trained teacher is not a shock
-        torch.nn.init.zeros_(self.scene_centre.weight); torch.nn.init.constant_(self.scene_centre.bias, 0.5)
-        # text side: the centre of each shape a question names, read from the decoder's middle layer at that word
-        self.ground = torch.nn.Linear(text_dim or dim, 2)
-        torch.nn.init.zeros_(self.ground.weight); torch.nn.init.constant_(self.ground.bias, 0.5)
-
-def glyph_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    "logits (N, C), targets (N,) with 0 = empty: mean CE over glyph slots + mean CE over empty slots."
-    ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
-    ink, empty = targets > 0, targets == 0
-    return sum(ce[m].mean() for m in (ink, empty) if m.any())
-
-def centre_loss(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    "pred, targets (N, 2); rows of `targets` < 0 are cells no shape covers and are skipped. Mean squared error x 100 (pixels/13 at 128 px)."
-    keep = targets[:, 0] >= 0
-    if not keep.any(): return pred.sum() * 0.0
-    return 100.0 * torch.nn.functional.mse_loss(pred[keep].float(), targets[keep])
-
-class TeacherWithHeads(torch.nn.Module):
-    "A teacher and its auxiliary heads as one trainable module: forward(batch) -> named loss terms (unweighted)."
-    def __init__(self, model, heads: AuxHeads | None, aux: dict):
-        super().__init__()
-        self.model, self.heads, self.aux = model, heads, dict(aux)
-
-    def forward(self, batch: dict) -> dict:
-        inputs = _model_inputs(batch) | {"labels": batch["labels"]}
-        feats = []
-        hook = self.model.model.visual.merger.register_forward_hook(lambda m, a, o: feats.append(o)) if self.heads else None
-        ground = self.heads is not None and bool(self.aux.get("ground"))
-        try: out = self.model(**inputs, output_hidden_states=ground)
-        finally:
-            if hook: hook.remove()
-        terms = {"ce": out.loss}
-        if self.heads is not None:
-            merged = feats[-1]                                  # (n_visual_tokens, dim), images in batch order
-            if self.aux.get("glyph"):
-                g = self.heads.glyph(merged).view(-1, self.heads.n_glyphs + 1)
-                terms["glyph"] = self.aux["glyph"] * glyph_loss(g, batch["glyph_targets"].reshape(-1).to(g.device))
-            if self.aux.get("scene_cell"):
-                c = self.heads.scene_cell(merged)
-                terms["scene_cell"] = self.aux["scene_cell"] * torch.nn.functional.cross_entropy(
-                    c.float(), batch["cell_targets"].reshape(-1).to(c.device))
-            if self.aux.get("scene_colour"):
-                c = self.heads.scene_colour(merged)
-                terms["scene_colour"] = self.aux["scene_colour"] * torch.nn.functional.cross_entropy(
-                    c.float(), batch["colour_targets"].reshape(-1).to(c.device))
-            if self.aux.get("scene_centre"):
-                terms["scene_centre"] = self.aux["scene_centre"] * centre_loss(
-                    self.heads.scene_centre(merged), batch["centre_targets"].reshape(-1, 2).to(merged.device))
-            if ground:
-                h = out.hidden_states[len(out.hidden_states) // 2]          # (B, L, text_dim): output of the middle layer
-                idx = batch["ground_index"].to(h.device)
-                picked = h.gather(1, idx.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))  # (B, K, text_dim)
-                tgt = batch["ground_targets"].to(h.device).masked_fill((idx < 0)[..., None], -1.0)
-                terms["ground"] = self.aux["ground"] * centre_loss(self.heads.ground(picked).reshape(-1, 2), tgt.reshape(-1, 2))
-        return terms
-
-# %% ../nbs/09_train.ipynb #936850fb
-def _answer_mask(labels: torch.Tensor) -> torch.Tensor:
-    "(B, L) True where the logit predicts an answer token (position t predicts token t+1)."
-    m = torch.zeros_like(labels, dtype=torch.bool)
-    m[:, :-1] = labels[:, 1:] != -100
-    return m
-
-_AUX_TARGETS = ("glyph_targets", "cell_targets", "colour_targets", "centre_targets", "ground_index", "ground_targets")
-
-def _model_inputs(batch: dict) -> dict:
-    "The batch without labels and auxiliary targets: what the HF model's forward takes."
-    return {k: v for k, v in batch.items() if k not in _AUX_TARGETS + ("labels",)}
-
-def _evaluator(cfg: TrainConfig, processor, split):
-    "Greedy-generation accuracy on the first `eval_examples` validation examples, per category and overall."
+def synth_evaluator(cfg: TrainConfig, processor, split):
+    "Greedy-generation accuracy on the first `eval_examples` validation examples, per category and overall (None if there are none)."
     n = min(cfg.eval_examples, len(split))
     if n == 0: return None
     rows = split.select(range(n))
@@ -574,46 +480,19 @@ def _evaluator(cfg: TrainConfig, processor, split):
         return {k: round(float(v), 4) for k, v in res["scores"].items()}
     return evaluate
 
-def pretrain_job(cfg: TrainConfig, device) -> Job:
-    "Train the toy teacher from scratch: answer CE plus the recipe's auxiliary losses."
-    from heed.synth import COLOURS, GLYPH_ALPHABET, SHAPES
-    from heed.teacher import AnswerCollator, build_toy_teacher, save_teacher
-    bad = sorted(set(cfg.aux) - set(AUX_LOSSES))
-    if bad: raise ValueError(f"aux={cfg.aux}: unknown auxiliary loss(es) {bad}; expected some of {AUX_LOSSES}")
-    model_kw = dict(cfg.model)
-    if cfg.init:  # a later stage of a curriculum: continue from a teacher folder (and its auxiliary heads, when saved)
-        if model_kw: raise ValueError(f"model={model_kw}: cannot change the architecture of init={cfg.init!r}")
-        from heed.teacher import Teacher
-        t = Teacher(*load_model(cfg.init))
-    else:
-        t = build_toy_teacher(seed=cfg.seed, **model_kw)
-    model = t.model.to(device).train()
-    aux = {k: float(v) for k, v in cfg.aux.items() if float(v) > 0}
-    heads = None
-    if aux:
-        vc = model.config.vision_config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            heads = AuxHeads(vc.out_hidden_size, vc.spatial_merge_size, len(GLYPH_ALPHABET), len(SHAPES), len(COLOURS),
-                             text_dim=model.config.text_config.hidden_size).to(device)
-        saved = home_path(cfg.init) / "aux_heads.pt" if cfg.init else None
-        if saved is not None and saved.is_file():  # heads a recipe adds later start fresh; the others continue
-            _, unexpected = heads.load_state_dict(torch.load(saved, map_location=device, weights_only=True), strict=False)
-            if unexpected: raise ValueError(f"{saved}: unexpected auxiliary head weights {unexpected}")
-    splits = synth_splits(cfg)
-    def save(m, folder):
-        save_teacher(m.model, t.processor, folder)
-        if m.heads is not None: torch.save(m.heads.state_dict(), Path(folder) / "aux_heads.pt")
-    ev = _evaluator(cfg, t.processor, splits["validation"])
-    return Job(TeacherWithHeads(model, heads, aux), splits["train"], AnswerCollator(t.processor, aux_targets=bool(aux), ground="ground" in aux),
-               lambda m, b: m(b), save, evaluate=(lambda m: ev(m.model)) if ev else None,
-               description=f"pretrain toy teacher ({sum(p.numel() for p in model.parameters()):,} params), aux={aux}")
+def check_pair(teacher, student) -> None:
+    "Refuse a teacher/student pair whose vocabulary or hidden size differ, naming which."
+    tt, st = teacher.config.text_config, student.config.text_config
+    for k in ("vocab_size", "hidden_size", "num_hidden_layers"):
+        if getattr(tt, k) != getattr(st, k):
+            raise ValueError(f"teacher and student differ in text {k}: teacher {getattr(tt, k)}, student {getattr(st, k)}")
 
+# %% ../nbs/09_train.ipynb #936850fb
 def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
-    "align / distill / sft: a hybrid student, optionally against a frozen teacher."
-    from heed.align import alignment_weights, capture_residuals, kd_loss, mamba_layers_of, residual_alignment_loss, teacher_forward
+    "align / distill / sft: a hybrid student, optionally against a frozen teacher; the loss is heed.align.distillation_losses."
+    from heed.align import mamba_layers_of
     from heed.hybrid import hybridize
-    from heed.teacher import AnswerCollator
+    from heed.teacher import AnswerCollator, load_model, model_inputs
     teacher = processor = None
     if cfg.teacher:
         teacher, processor = load_model(cfg.teacher, device)
@@ -621,10 +500,11 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
             raise ValueError(f"teacher={cfg.teacher!r} is a hybrid student (mamba_layers set); expected a transformer teacher")
         teacher.requires_grad_(False).eval()
     if cfg.init:
+        if cfg.student: raise ValueError(f"student={cfg.student}: hybridize arguments apply to a student made from the teacher, not to init={cfg.init!r}")
         student, sp = load_model(cfg.init, device)
         processor = processor or sp
     elif teacher is not None:
-        student = hybridize(teacher)  # a deep copy: the teacher stays intact
+        student = hybridize(teacher, **cfg.student)  # a deep copy: the teacher stays intact
     else:
         raise ValueError(f"job {cfg.job!r} needs init=STUDENT_DIR or teacher=TEACHER_DIR")
     if teacher is not None: check_pair(teacher, student)
@@ -638,33 +518,25 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
         for i in mamba: dec[i].self_attn.requires_grad_(True)
     else:                                  # stage 2 and sft: all but the vision tower
         student.model.visual.requires_grad_(False)
+    density = density_settings(cfg)
+    term_weights = {"align": cfg.align_weight, "kd": cfg.kd_weight}
 
-    def loss(module, batch):
-        inputs = _model_inputs(batch)
-        out_terms = {}
-        if "align" in terms or "kd" in terms:
-            tout = teacher_forward(teacher, inputs, layers)
-            w = alignment_weights(inputs, cfg.weighting, tout.vision, cfg.density_method or _default_density(),
-                                  cfg.density_sharpness, cfg.density_floor, cfg.text_weight, model=teacher)
-        with capture_residuals(student, layers) as sres:
-            out = module(**inputs, labels=batch["labels"]) if "ce" in terms else module(**inputs)
-        if "align" in terms:
-            out_terms["align"] = cfg.align_weight * residual_alignment_loss(sres, tout.residuals, w, inputs["attention_mask"], layers)
-        if "kd" in terms:
-            out_terms["kd"] = cfg.kd_weight * kd_loss(out.logits, tout.logits, _answer_mask(batch["labels"]), cfg.kd_temperature)
-        if "ce" in terms: out_terms["ce"] = out.loss
-        return out_terms
+    def step_losses(module, batch) -> StepLosses:
+        return distillation_losses(student, teacher, model_inputs(batch), batch["labels"], terms=terms, weighting=cfg.weighting,
+                                   density=density, layers=layers, temperature=cfg.kd_temperature, term_weights=term_weights,
+                                   forward=module, alignment=cfg.alignment)
 
     def save(m, folder):
         folder = Path(folder); m.save_pretrained(folder); processor.save_pretrained(folder)
     splits = synth_splits(cfg)
-    return Job(student, splits["train"], AnswerCollator(processor), loss, save,
-               evaluate=_evaluator(cfg, processor, splits["validation"]),
-               description=f"{cfg.job}: student with Mamba layers {mamba}, aligned layers {layers}, terms {terms}, weighting {cfg.weighting}")
+    return Job(student, splits["train"], AnswerCollator(processor), lambda m, b: step_losses(m, b).terms, save,
+               evaluate=synth_evaluator(cfg, processor, splits["validation"]), step_losses=step_losses,
+               description=f"{cfg.job}: student with Mamba layers {mamba}, aligned layers {layers}, terms {terms}, weighting {cfg.weighting}, {cfg.alignment} alignment")
 
-def _default_density():
-    from heed.density import DEFAULT_METHOD
-    return DEFAULT_METHOD
+def pretrain_job(cfg: TrainConfig, device) -> Job:
+    "Train the toy teacher: the job of the teacher recipe (heed.recipe.teacher_job)."
+    from heed.recipe import teacher_job
+    return teacher_job(cfg, device)
 
 def align_job(cfg, device) -> Job: return _student_job(cfg, device, ("align",))
 def distill_job(cfg, device) -> Job: return _student_job(cfg, device, ("kd", "align"))
@@ -677,82 +549,3 @@ JOB_BUILDERS = dict(pretrain=pretrain_job, align=align_job, distill=distill_job,
 def build_job(cfg: TrainConfig, device) -> Job:
     "The Job for `cfg.job`."
     return JOB_BUILDERS[cfg.job](cfg, device)
-
-# %% ../nbs/09_train.ipynb #1e8920b0
-#: The first HEED-Synth world the teacher saw: receipt rows adjacent or one blank row apart, position pairs at any angle.
-WORLD_V1 = dict(shapes=[1, 2], mix=dict(colour=1, shape=1, count=0.5, position=0.5, label=3, char=2, kv=2))
-_AUX_V1 = {"glyph": 1.0, "scene_cell": 1.0, "scene_colour": 1.0}
-_AUX_ALL = _AUX_V1 | {"scene_centre": 1.0, "ground": 1.0}
-
-#: The committed teacher's recipe, a curriculum of four stages (each measured in nbs/experiments/40_teacher.ipynb).
-#: A stage is (name, overrides of the `pretrain-<profile>` preset); `continue` resumes an earlier stage's run with a longer
-#: schedule (same optimiser state), `init` starts from an earlier stage's model (fresh optimiser, new heads start at zero).
-TEACHER_RECIPE = (
-    ("r4", dict(data=dict(WORLD_V1, n_train=20000), aux=_AUX_V1, steps=4000, warmup_steps=200, eval_examples=256)),
-    ("r5", {"continue": "r4", "steps": 8000}),
-    ("r7", dict(init="r5", data=dict(TEACHER_WORLD, n_train=40000), aux=_AUX_V1 | {"scene_centre": 1.0}, steps=4000, lr=1e-3,
-                warmup_steps=100, eval_examples=512)),
-    ("r8", dict(init="r7", data=dict(TEACHER_WORLD, n_train=40000), aux=_AUX_ALL, steps=3000, lr=1e-3, warmup_steps=100,
-                eval_examples=512)),
-)
-
-def _stage_config(name: str, ov: dict, stages: Path, profile: str) -> TrainConfig:
-    ov = dict(ov)
-    cont, init = ov.pop("continue", None), ov.pop("init", None)
-    if profile == "smoke":  # the same chain at CI size: a few steps per stage, the smoke data sizes
-        ov["steps"] = 4 if cont else 2
-        ov["warmup_steps"] = 1
-        ov["eval_examples"] = 8
-        if "data" in ov: ov["data"] = dict(ov["data"], **_PROFILE_SCALE["smoke"]["data"])
-    if cont:
-        if (stages / name).exists(): shutil.rmtree(stages / name)
-        shutil.copytree(stages / cont, stages / name, ignore=shutil.ignore_patterns("model", "result.json"))
-        base = yaml.safe_load((stages / cont / "config.yaml").read_text())
-        return load_config(base | ov | {"output_dir": str(stages / name), "resume": True})
-    d = preset(f"pretrain-{profile}") | ov | {"output_dir": str(stages / name)}
-    if init: d["init"] = str(stages / init / "model")
-    return load_config(d)
-
-def train_teacher(output_dir, profile: str = "small", recipe=TEACHER_RECIPE, progress: bool = True, log=print) -> dict:
-    "Run the teacher recipe's stages into `output_dir/stages/<name>`, then assemble `output_dir` (see `assemble_teacher`)."
-    if profile not in _PROFILE_SCALE: raise ValueError(f"profile={profile!r}: expected one of {tuple(_PROFILE_SCALE)}")
-    root = home_path(output_dir); stages = root / "stages"
-    stages.mkdir(parents=True, exist_ok=True)
-    for name, ov in recipe:
-        cfg = _stage_config(name, ov, stages, profile)
-        log(f"teacher stage {name}: {cfg.steps} steps" + (f", from {cfg.init}" if cfg.init else "") + (", resumed" if cfg.resume else ""))
-        train(cfg, progress=progress)
-    result = assemble_teacher(root, recipe)
-    for name, _ in recipe:  # kept: each stage's config, log and result; not kept: optimiser states and intermediate models
-        shutil.rmtree(stages / name / "checkpoint", ignore_errors=True); shutil.rmtree(stages / name / "model", ignore_errors=True)
-    return result
-
-def assemble_teacher(root, recipe=TEACHER_RECIPE) -> dict:
-    """`root/model` from the last stage, `root/config.yaml` its config, `root/recipe.yaml` the stages, and `root/metrics.jsonl`:
-    every stage's records in order with `stage`, `total_step` (steps since the first stage began) and cumulative `elapsed_s`."""
-    root = Path(root); stages = root / "stages"
-    records, offset_step, offset_s, done = [], 0, 0.0, {}
-    for name, ov in recipe:
-        recs = _read_jsonl(stages / name / "metrics.jsonl")
-        if "continue" in ov:  # the folder was copied: its log starts with the parent's records, and its steps continue them
-            parent_steps, s0, t0 = done[ov["continue"]]
-            recs = [r for r in recs if r["step"] > parent_steps]
-            step0, time0 = s0, t0
-        else:
-            step0, time0 = offset_step, offset_s
-        for r in recs: records.append({**r, "stage": name, "total_step": step0 + r["step"],
-                                       "elapsed_s": round(time0 + r.get("elapsed_s", 0.0), 2)})
-        last_step = max([r["step"] for r in recs] + [done[ov["continue"]][0] if "continue" in ov else 0])
-        done[name] = (last_step, step0, time0)
-        offset_step = step0 + last_step
-        offset_s = max([r["elapsed_s"] for r in records] + [offset_s])
-    last = stages / recipe[-1][0]
-    if (last / "model").is_dir(): replace_dir_atomic(last / "model", root / "model")  # moved, not copied
-    write_text_atomic(root / "config.yaml", (last / "config.yaml").read_text())
-    write_text_atomic(root / "recipe.yaml", yaml.safe_dump([{"stage": n, **ov} for n, ov in recipe], sort_keys=False))
-    write_text_atomic(root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    result = json.loads((last / "result.json").read_text()) | {"stages": [n for n, _ in recipe], "total_steps": offset_step,
-                                                               "seconds": offset_s}
-    write_text_atomic(root / "result.json", json.dumps(result, indent=1))
-    return result
-

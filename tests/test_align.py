@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from _toyvl import batch_for, noise_image, tiny_qwen3vl, word_image
 from heed.align import (Residuals, alignment_weights, capture_residuals, decoder_parts, distillation_losses, kd_loss,
                         mamba_layers_of, residual_alignment_loss, teacher_forward)
+from heed.density import DensitySettings
 
 
 def _rand(seed, B=2, L=5, D=6, layers=(0, 2)):
@@ -166,9 +167,9 @@ def test_teacher_runs_once_without_graph(teacher, batch):
     assert tout.vision is not None and tout.vision.merged.shape[0] == int(batch["mm_token_type_ids"].sum())
 
 
-@pytest.mark.parametrize("mode", ["uniform", "heed"])
+@pytest.mark.parametrize("weighting", ["uniform", "heed"])
 @pytest.mark.parametrize("method", ["pixel", "feature", "subpatch"])
-def test_no_gradient_reaches_the_teacher(teacher, batch, mode, method):
+def test_no_gradient_reaches_the_teacher(teacher, batch, weighting, method):
     for p in teacher.parameters():
         p.grad = None
     assert all(p.requires_grad for p in teacher.parameters())  # the teacher is not frozen: no_grad must do the work
@@ -177,14 +178,14 @@ def test_no_gradient_reaches_the_teacher(teacher, batch, mode, method):
         for p in student.parameters():
             p.add_(0.02 * torch.randn_like(p))
     student.config.text_config.mamba_layers = [1, 3]
-    ans = torch.zeros_like(batch["input_ids"]); ans[:, -3:-1] = 1
-    losses = distillation_losses(student, teacher, batch, ans, mode=mode, method=method)
-    (losses["align"] + losses["kd"]).backward()
+    labels = torch.full_like(batch["input_ids"], -100); labels[:, -2:] = batch["input_ids"][:, -2:]
+    losses = distillation_losses(student, teacher, batch, labels, weighting=weighting, density=DensitySettings(method))
+    losses.total.backward()
     assert all(p.grad is None for p in teacher.parameters())
     got = [p.grad is not None and p.grad.abs().sum() > 0 for p in student.model.language_model.layers[3].parameters()]
     assert all(got)
-    w, vis = losses["weights"], batch["mm_token_type_ids"].bool()
-    if mode == "uniform":
+    w, vis = losses.weights, batch["mm_token_type_ids"].bool()
+    if weighting == "uniform":
         assert torch.equal(w, torch.ones_like(w))
     else:
         assert torch.equal(w[~vis], torch.ones(int((~vis).sum())))
@@ -192,9 +193,9 @@ def test_no_gradient_reaches_the_teacher(teacher, batch, mode, method):
             assert abs(w[vis][lo:hi].mean().item() - 1) < 1e-5
 
 
-def test_heed_weights_text_constant_and_modes(teacher, batch):
+def test_heed_weights_text_constant_and_weightings(teacher, batch):
     tout = teacher_forward(teacher, batch, [0])
-    w = alignment_weights(batch, "heed", tout.vision, "feature", text_weight=0.25, model=teacher)
+    w = alignment_weights(batch, "heed", tout.vision, DensitySettings("feature", text_weight=0.25), model=teacher)
     vis = batch["mm_token_type_ids"].bool()
     assert torch.equal(w[~vis], torch.full((int((~vis).sum()),), 0.25))
     with pytest.raises(ValueError, match="expected one of"):
@@ -206,7 +207,7 @@ def test_heed_weights_text_constant_and_modes(teacher, batch):
 def test_students_without_layout_need_explicit_layers(teacher, batch):
     with pytest.raises(ValueError, match="pass layers="):
         distillation_losses(copy.deepcopy(teacher), teacher, batch)
-    out = distillation_losses(copy.deepcopy(teacher), teacher, batch, layers=[0, 1, 2, 3])
+    out = distillation_losses(copy.deepcopy(teacher), teacher, batch, layers=[0, 1, 2, 3]).terms
     assert out["align"].item() < 1e-10 and abs(out["kd"].item()) < 1e-6  # an identical student has nothing to learn
 
 

@@ -13,8 +13,8 @@ import datasets
 import pytest
 
 from heed.benchmarks import (BENCHMARKS, SUITES, BenchmarkUnavailable, Example, compare_runs, evaluate_suite, how_to_get,
-                             load_benchmark, load_examples, read_log, resolve_names, run_benchmark, score_records,
-                             write_fixture)
+                             load_benchmark, load_examples, read_log, resolve_names, run_benchmark, score_records)
+from heed.testing import write_fixture
 
 datasets.disable_progress_bars()
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +317,7 @@ def models(tmp_path_factory):
 
 
 def _heed(*args, cwd):
-    "`heed eval ARGS` as a user runs it (heed.cli registers heed.benchmarks.add_eval_parser)."
+    "`heed eval ARGS` as a user runs it (registered in heed.cli)."
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "heed.cli", "eval", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -350,7 +350,7 @@ def test_heed_eval_teacher_student_compare(models, data, tmp_path):
 def test_heed_eval_model_replies_are_logged(models, data, tmp_path):
     "The real generate path (multi-image MMMU-Pro included) on the toy teacher: replies are strings, scores in [0, 1]."
     from heed.benchmarks import model_predictor
-    from heed.train import load_model
+    from heed.teacher import load_model
     model, proc = load_model(models / "teacher")
     res = evaluate_suite(model_predictor(model, proc, max_new_tokens=3), tmp_path / "run", only=["mmmu_pro_standard", "ocrbench"],
                          data_dir=data / "data", cache_dir=data / "cache", batch_size=4, progress=False)
@@ -364,7 +364,7 @@ def test_bfloat16_model_generates(models, data, tmp_path):
     "heed eval --dtype bfloat16: float32 pixel values meet a bfloat16 vision tower."
     import torch
     from heed.benchmarks import generate_replies
-    from heed.train import load_model
+    from heed.teacher import load_model
     model, proc = load_model(models / "student")
     model = model.to(torch.bfloat16)
     replies = generate_replies(model, proc, _load("mmmu_pro_standard", data), max_new_tokens=2)
