@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from heed.env import data_dir, home_dir
+from heed.env import data_dir, home_dir, write_text_atomic
 from heed.hybrid import hybridize
-from heed.train import align_job, load_config, load_model, train, write_text_atomic
+from heed.teacher import load_model
+from heed.train import align_job, load_config, train
 
 VARIANTS = ("from_attention:kv", "new:kv", "none:kv", "from_attention:kv_preconv", "new:query")
 
