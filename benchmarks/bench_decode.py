@@ -7,10 +7,17 @@ each context so that load from other processes hits both alike; the statistic is
 One torch thread by default: on a shared 2-core machine two threads oversubscribe the cores and a step's time swings
 tenfold with the neighbours' load; one thread gives stable, comparable numbers (the ratio is what we report).
 
-    .venv/bin/python benchmarks/bench_decode.py [--contexts 1024 2048 ...] [--repeats 3] [--new-tokens 8] [--threads 1] [--json out.json]
+    .venv/bin/python benchmarks/bench_decode.py [--contexts 1024 2048 ...] [--repeats 3] [--new-tokens 8] [--threads 1]
+        [--cache dynamic growing] [--gate from_attention] [--xb kv] [--breakdown] [--json out.json]
+
+--cache: transformers' DynamicCache (grows by torch.cat every step) and/or heed.hybrid.growing_cache (appends into a
+reserve); teacher and student always get the same kind. --breakdown: where a step's time goes at the largest context,
+by module kind (forward hooks; one extra measured pass per model). For the glibc effect measured in the issue-8
+section of RESULTS.md, run with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 in the environment.
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -18,29 +25,65 @@ import time
 import torch
 from transformers import Qwen3VLForConditionalGeneration
 
-from heed.hybrid import hybridize, measure_decode, tiny_qwen3vl_config
+from heed.hybrid import fill_cache, hybridize, measure_decode, tiny_qwen3vl_config
+from heed.mamba2 import Mamba2Mixer
 
 # Attention-heavy at long context, as the 8B is (36 layers, 32 q / 8 kv heads of 128): here 8 layers, 16 q / 8 kv heads
 # of 64, hidden 512, a small vocabulary so that lm_head does not dominate a step.
 SHAPE = dict(num_layers=8, hidden=512, heads=16, kv_heads=8, head_dim=64, vocab=2048, intermediate=1024)
 
 
-def build(shape, seed=0):
+def build(shape, seed=0, **student):
     torch.manual_seed(seed)
     teacher = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(**shape)).eval()
-    student = hybridize(teacher).eval()   # default layout: attention at layers 3 and 7
+    student = hybridize(teacher, **student).eval()   # default layout: attention at layers 3 and 7
     return teacher, student
 
 
-def run(contexts, repeats, new_tokens, shape=SHAPE, log=print):
-    teacher, student = build(shape)
+def kind_of(name: str, module) -> str | None:
+    "The part of a decoder a module is, for the breakdown (None: not timed on its own)."
+    if isinstance(module, Mamba2Mixer): return "mamba mixer"
+    if type(module).__name__.endswith("TextAttention"): return "attention"
+    if type(module).__name__.endswith("TextMLP"): return "mlp"
+    if name == "lm_head": return "lm_head"
+    return None
+
+
+@torch.no_grad()
+def breakdown(model, ctx, steps=4, cache="dynamic"):
+    "Seconds per step by module kind (forward pre/post hooks), the rest of the step as 'other', and the step itself."
+    spent, t_in, hooks = {}, {}, []
+    for name, m in model.named_modules():
+        k = kind_of(name, m)
+        if k is None: continue
+        hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name: t_in.__setitem__(n, time.perf_counter())))
+        hooks.append(m.register_forward_hook(lambda mod, args, out, n=name, k=k: spent.__setitem__(k, spent.get(k, 0.0) + time.perf_counter() - t_in[n])))
+    try:
+        filled = fill_cache(model, ctx, cache=cache)
+        model.model.rope_deltas = None
+        tok = torch.zeros(1, 1, dtype=torch.long)
+        for _ in range(2): model(input_ids=tok, cache=filled, use_cache=True)   # warm-up
+        spent.clear()
+        t0 = time.perf_counter()
+        for _ in range(steps): model(input_ids=tok, cache=filled, use_cache=True)
+        total = (time.perf_counter() - t0) / steps
+    finally:
+        for h in hooks: h.remove()
+    out = {k: v / steps for k, v in spent.items()}
+    out["other (embedding, norms, cache bookkeeping, Python)"] = total - sum(out.values())
+    out["step"] = total
+    return out
+
+
+def run(contexts, repeats, new_tokens, shape=SHAPE, log=print, cache="dynamic", student_kw=None):
+    teacher, student = build(shape, **(student_kw or {}))
     rows = []
     for ctx in contexts:
         res = {"teacher": [], "student": []}
         for r in range(repeats):
             for name, model in (("teacher", teacher), ("student", student)):
-                res[name].append(measure_decode(model, ctx, new_tokens=new_tokens, warmup=2, seed=r))
-        row = dict(context=ctx)
+                res[name].append(measure_decode(model, ctx, new_tokens=new_tokens, warmup=2, seed=r, cache=cache))
+        row = dict(context=ctx, cache=cache)
         for name in res:
             tps = [m["tokens_per_s"] for m in res[name]]
             row[f"{name}_tok_s"] = statistics.median(tps)
@@ -51,7 +94,7 @@ def run(contexts, repeats, new_tokens, shape=SHAPE, log=print):
         row["speedup_min"], row["speedup_max"] = min(ratios), max(ratios)
         row["cache_fraction"] = row["student_cache_bytes"] / row["teacher_cache_bytes"]
         rows.append(row)
-        log(f"{ctx:>6}  teacher {row['teacher_tok_s']:7.1f} tok/s  student {row['student_tok_s']:7.1f} tok/s  "
+        log(f"{cache:>8} {ctx:>6}  teacher {row['teacher_tok_s']:7.1f} tok/s  student {row['student_tok_s']:7.1f} tok/s  "
             f"speedup {row['speedup']:.2f}x [{row['speedup_min']:.2f}, {row['speedup_max']:.2f}]  "
             f"cache {row['teacher_cache_bytes'] / 2**20:8.1f} MiB vs {row['student_cache_bytes'] / 2**20:7.1f} MiB ({row['cache_fraction']:.1%})")
     return rows
@@ -63,20 +106,36 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", nargs="+", default=["dynamic"], choices=["dynamic", "growing"])
+    ap.add_argument("--gate", default=None, help="hybridize's gate (default: its default)")
+    ap.add_argument("--xb", default=None, help="hybridize's x/B layout (default: its default)")
+    ap.add_argument("--breakdown", action="store_true", help="time per module kind at the largest context")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, shape {SHAPE}")
-    rows = run(a.contexts, a.repeats, a.new_tokens)
-    at16 = [r for r in rows if r["context"] == 16384]
-    if at16:
-        r = at16[0]
-        print(f"at 16k: speedup {r['speedup']:.2f}x (target >= 3x: {'met' if r['speedup'] >= 3 else 'NOT met'}), "
-              f"cache {r['cache_fraction']:.1%} of the teacher's (target <= 30%: {'met' if r['cache_fraction'] <= 0.30 else 'NOT met'})")
+    student_kw = {k: v for k, v in (("gate", a.gate), ("xb", a.xb)) if v is not None}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, shape {SHAPE}, student {student_kw or 'default'}, "
+          f"MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}")
+    rows = []
+    for cache in a.cache:
+        rows += run(a.contexts, a.repeats, a.new_tokens, cache=cache, student_kw=student_kw)
+    for r in rows:
+        if r["context"] == 16384:
+            print(f"at 16k ({r['cache']} cache): speedup {r['speedup']:.2f}x [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}] "
+                  f"(target >= 3x: {'met' if r['speedup'] >= 3 else 'NOT met'}), cache {r['cache_fraction']:.1%} of the teacher's "
+                  f"(target <= 30%: {'met' if r['cache_fraction'] <= 0.30 else 'NOT met'})")
+    parts = {}
+    if a.breakdown:
+        teacher, student = build(SHAPE, **student_kw)
+        ctx = max(a.contexts)
+        for cache in a.cache:
+            for name, model in (("teacher", teacher), ("student", student)):
+                parts[f"{name}, {cache}"] = b = breakdown(model, ctx, cache=cache)
+                print(f"breakdown at {ctx}, {name}, {cache} cache: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in b.items()))
     print(f"total {time.time() - t0:.0f} s")
     if a.json:
-        with open(a.json, "w") as f: json.dump(dict(shape=SHAPE, rows=rows), f, indent=1)
+        with open(a.json, "w") as f: json.dump(dict(shape=SHAPE, student=student_kw, rows=rows, breakdown=parts), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .ssd import ssd_scan, ssd_step
 
 # %% auto #0
-__all__ = ['Mamba2State', 'padding_mask_from_attention_mask', 'Mamba2Mixer']
+__all__ = ['XB_LAYOUTS', 'GATES', 'Mamba2State', 'padding_mask_from_attention_mask', 'Mamba2Mixer']
 
 # %% ../nbs/02_mamba2.ipynb #27b7747a
 class Mamba2State(NamedTuple):
@@ -56,30 +56,57 @@ def padding_mask_from_attention_mask(attention_mask, q_len: int) -> Tensor | Non
         raise ValueError(f"attention_mask must be 2D (batch, kv_len) or 4D (batch, 1, q_len, kv_len), got shape {tuple(attention_mask.shape)}")
     return None if bool(real.all()) else real
 
-# %% ../nbs/02_mamba2.ipynb #d323834e
+# %% ../nbs/02_mamba2.ipynb #2b78f0fc
+XB_LAYOUTS = ("kv", "kv_preconv", "query")
+GATES = ("new", "from_attention", "none")
+
 def _rms(t: Tensor, weight: Tensor, eps: float) -> Tensor:
     "RMSNorm over the last dim in float32 (float64 stays float64), back to t's dtype."
     acc = torch.float64 if t.dtype == torch.float64 else torch.float32
     ta = t.to(acc)
     return (ta * torch.rsqrt(ta.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc)).to(t.dtype)
 
+@torch.no_grad()
+def _last_real_columns(full: Tensor, real: Tensor, k: int) -> Tensor:
+    "The last k columns of full (b, C, T) among those with real (b, T) True, oldest first."
+    idx = torch.sort(real.to(torch.int8), dim=-1, stable=True).indices[:, full.shape[-1] - k:]
+    return full.gather(-1, idx[:, None, :].expand(-1, full.shape[1], -1))
+
+def _expand_groups(t: Tensor, groups: int) -> Tensor:
+    "t (..., k, d) -> (..., groups, d), group i reading t[..., i // (groups // k), :] (GQA's repetition); t itself when k == groups."
+    k = t.shape[-2]
+    if k == groups: return t
+    return t.unsqueeze(-2).expand(*t.shape[:-1][:-1], k, groups // k, t.shape[-1]).reshape(*t.shape[:-2], groups, t.shape[-1])
+
+def _repeat_heads(w: Tensor, n_kv: int, n_rep: int) -> Tensor:
+    "Rows of a (n_kv * d, ...) projection repeated per head to (n_kv * n_rep * d, ...), head i reading kv head i // n_rep."
+    return w.reshape(n_kv, -1, *w.shape[1:]).repeat_interleave(n_rep, dim=0).reshape(-1, *w.shape[1:])
+
+# %% ../nbs/02_mamba2.ipynb #f642e434
 class Mamba2Mixer(nn.Module):
-    "Mamba-2 token mixer. `mix(u, state, mask) -> (y, state)`; `forward` is the attention drop-in."
+    "Mamba-2 token mixer. `mix(u, state, mask) -> (y, state)`; `forward` is the attention drop-in; `from_attention` converts an attention layer."
     def __init__(self, hidden_size: int, n_heads: int, head_dim: int, d_state: int, n_groups: int = 1, d_conv: int = 4,
                  chunk_size: int = 64, bc_norm: bool = False, norm_eps: float = 1e-6, bias: bool = False,
                  conv_bias: bool = True, layer_idx: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0), norm_group_size: int | None = None):
+                 dt_init_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0), norm_group_size: int | None = None,
+                 xb_heads: int | None = None, repeat_before_conv: bool = False, gated: bool = True):
         super().__init__()
         if n_heads % n_groups: raise ValueError(f"n_heads ({n_heads}) must be divisible by n_groups ({n_groups})")
         if d_conv < 1: raise ValueError(f"d_conv must be >= 1, got {d_conv}")
+        if xb_heads is not None and (xb_heads < 1 or n_heads % xb_heads or n_groups % xb_heads):
+            raise ValueError(f"xb_heads={xb_heads} must divide n_heads ({n_heads}) and n_groups ({n_groups})")
         self.hidden_size, self.n_heads, self.head_dim, self.d_state, self.n_groups = hidden_size, n_heads, head_dim, d_state, n_groups
         self.d_conv, self.chunk_size, self.norm_eps, self.layer_idx = d_conv, chunk_size, norm_eps, layer_idx
         self.d_inner = n_heads * head_dim
         self.norm_group_size = norm_group_size or head_dim  # per head by default; d_inner // n_groups is mamba-ssm's grouping
         if self.d_inner % self.norm_group_size: raise ValueError(f"norm_group_size {norm_group_size} must divide n_heads * head_dim = {self.d_inner}")
-        self.conv_dim = self.d_inner + 2 * n_groups * d_state
+        self.xb_heads, self.repeat_before_conv, self.gated = xb_heads, bool(repeat_before_conv) and xb_heads is not None, gated
+        self.d_z = self.d_inner if gated else 0
+        self.d_x = (xb_heads or n_heads) * head_dim                      # x and B as the projection writes them
+        self.d_B = (xb_heads or n_groups) * d_state
+        self.conv_dim = (self.d_inner + n_groups * d_state if self.repeat_before_conv else self.d_x + self.d_B) + n_groups * d_state
         self._init_args = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, A_init_range=A_init_range)
-        self.in_proj = nn.Linear(hidden_size, self.d_inner + self.conv_dim + n_heads, bias=bias)
+        self.in_proj = nn.Linear(hidden_size, self.d_z + self.d_x + self.d_B + n_groups * d_state + n_heads, bias=bias)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=conv_bias)
         self.dt_bias = nn.Parameter(torch.empty(n_heads))
         self.A_log = nn.Parameter(torch.empty(n_heads))
@@ -107,97 +134,121 @@ class Mamba2Mixer(nn.Module):
             if w is not None: w.fill_(1.0)
 
     def extra_repr(self) -> str:
-        return (f"hidden={self.hidden_size}, heads={self.n_heads}x{self.head_dim}, d_state={self.d_state}, "
-                f"groups={self.n_groups}, d_conv={self.d_conv}, chunk={self.chunk_size}, bc_norm={self.bc_norm}")
+        return (f"hidden={self.hidden_size}, heads={self.n_heads}x{self.head_dim}, d_state={self.d_state}, groups={self.n_groups}, "
+                f"xb_heads={self.xb_heads}, repeat_before_conv={self.repeat_before_conv}, gated={self.gated}, "
+                f"d_conv={self.d_conv}, chunk={self.chunk_size}, bc_norm={self.bc_norm}")
 
-# %% ../nbs/02_mamba2.ipynb #e8a0e62f
-@torch.no_grad()
-def _last_real_columns(full: Tensor, real: Tensor, k: int) -> Tensor:
-    "The last k columns of full (b, C, T) among those with real (b, T) True, oldest first."
-    idx = torch.sort(real.to(torch.int8), dim=-1, stable=True).indices[:, full.shape[-1] - k:]
-    return full.gather(-1, idx[:, None, :].expand(-1, full.shape[1], -1))
+    def _widen_xb(self, xBC: Tensor) -> Tensor:
+        "(..., d_x + d_B + C) -> (..., d_inner + groups * d_state + C): x and B repeated to every head and group."
+        x, B, C = xBC.split([self.d_x, self.d_B, self.n_groups * self.d_state], dim=-1)
+        x = _expand_groups(x.unflatten(-1, (-1, self.head_dim)), self.n_heads).flatten(-2)
+        B = _expand_groups(B.unflatten(-1, (-1, self.d_state)), self.n_groups).flatten(-2)
+        return torch.cat([x, B, C], dim=-1)
 
-def _mix(self: Mamba2Mixer, u: Tensor, state: Mamba2State | None = None, mask: Tensor | None = None) -> tuple[Tensor, Mamba2State]:
-    """u (batch, seqlen, hidden), state or None (= zeros), mask (batch, seqlen) bool (True = real token) or None.
-    Returns y (batch, seqlen, hidden) and the state after the last real token."""
-    b, l, _ = u.shape
-    h, p, g, n, K = self.n_heads, self.head_dim, self.n_groups, self.d_state, self.d_conv
-    z, xBC, dt_raw = self.in_proj(u).split([self.d_inner, self.conv_dim, h], dim=-1)
-    keep = mask[..., None] if mask is not None else None
-    # where, not multiply: a padded position may hold inf/NaN (a fully masked attention row upstream), and NaN * 0 = NaN
-    if keep is not None: xBC = torch.where(keep, xBC, 0.0)  # padded inputs are zero, like the conv's own left padding
-    prev = state.conv.to(xBC.dtype) if state is not None else xBC.new_zeros(b, self.conv_dim, K - 1)
-    full = torch.cat([prev, xBC.transpose(1, 2)], dim=-1)                              # (b, conv_dim, K-1+l)
-    conv = F.silu(F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
-    if mask is None: new_conv = full[..., full.shape[-1] - (K - 1):]
-    else: new_conv = _last_real_columns(full, torch.cat([mask.new_ones(b, K - 1), mask], dim=-1), K - 1)
-    x, B, C = conv.split([self.d_inner, g * n, g * n], dim=-1)
-    x, B, C = x.reshape(b, l, h, p), B.reshape(b, l, g, n), C.reshape(b, l, g, n)
-    if self.bc_norm: B, C = _rms(B, self.B_norm_weight, self.norm_eps), _rms(C, self.C_norm_weight, self.norm_eps)
-    dt = F.softplus(dt_raw.float() + self.dt_bias.float()) if u.dtype != torch.float64 else F.softplus(dt_raw + self.dt_bias)
-    if keep is not None: dt = torch.where(keep, dt, 0.0)  # dt = 0: the state neither decays nor takes input at padded positions
-    A = -torch.exp(self.A_log.to(dt.dtype))
-    init = state.ssm if state is not None else None
-    if l == 1 and init is not None:  # decoding: the O(1) recurrence
-        y, ssm = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], init, self.D)
-        y = y[:, None]
-    else:
-        y, ssm = ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, initial_state=init)
-    y = y.reshape(b, l, self.d_inner)
-    if keep is not None: z = torch.where(keep, z, 0.0)
-    gs = self.norm_group_size
-    y = _rms((y * F.silu(z.to(y.dtype))).view(b, l, -1, gs), self.norm_weight.view(-1, gs), self.norm_eps).reshape(b, l, self.d_inner)
-    if keep is not None: y = torch.where(keep, y, 0.0)
-    return self.out_proj(y.to(u.dtype)), Mamba2State(new_conv, ssm)
+    def mix(self, u: Tensor, state: Mamba2State | None = None, mask: Tensor | None = None) -> tuple[Tensor, Mamba2State]:
+        """u (batch, seqlen, hidden), state or None (= zeros), mask (batch, seqlen) bool (True = real token) or None.
+        Returns y (batch, seqlen, hidden) and the state after the last real token."""
+        b, l, _ = u.shape
+        h, p, g, n, K = self.n_heads, self.head_dim, self.n_groups, self.d_state, self.d_conv
+        z, xBC, dt_raw = self.in_proj(u).split([self.d_z, self.d_x + self.d_B + g * n, h], dim=-1)
+        keep = mask[..., None] if mask is not None else None
+        # where, not multiply: a padded position may hold inf/NaN (a fully masked attention row upstream), and NaN * 0 = NaN
+        if keep is not None: xBC = torch.where(keep, xBC, 0.0)  # padded inputs are zero, like the conv's own left padding
+        if self.repeat_before_conv: xBC = self._widen_xb(xBC)
+        w = self.conv1d.weight[:, 0]                                                    # (conv_dim, K)
+        if l == 1 and state is not None:  # decoding: the conv of one token is each channel's window times its filter
+            window = torch.cat([state.conv.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)   # (b, conv_dim, K)
+            conv = (window * w).sum(-1)
+            if self.conv1d.bias is not None: conv = conv + self.conv1d.bias
+            conv = F.silu(conv)[:, None]
+            new_conv = window[..., 1:]
+            if mask is not None: new_conv = torch.where(mask[:, :, None], new_conv, state.conv.to(new_conv.dtype))
+        else:
+            prev = state.conv.to(xBC.dtype) if state is not None else xBC.new_zeros(b, self.conv_dim, K - 1)
+            full = torch.cat([prev, xBC.transpose(1, 2)], dim=-1)                          # (b, conv_dim, K-1+l)
+            conv = F.silu(F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
+            if mask is None: new_conv = full[..., full.shape[-1] - (K - 1):]
+            else: new_conv = _last_real_columns(full, torch.cat([mask.new_ones(b, K - 1), mask], dim=-1), K - 1)
+        x, B, C = conv.split([self.conv_dim - 2 * g * n if self.repeat_before_conv else self.d_x,
+                              g * n if self.repeat_before_conv else self.d_B, g * n], dim=-1)
+        x, B, C = x.reshape(b, l, -1, p), B.reshape(b, l, -1, n), C.reshape(b, l, g, n)
+        if self.bc_norm: B, C = _rms(B, self.B_norm_weight, self.norm_eps), _rms(C, self.C_norm_weight, self.norm_eps)
+        x, B = _expand_groups(x, h), _expand_groups(B, g)                                # GQA: to every head and group
+        dt = F.softplus(dt_raw.float() + self.dt_bias.float()) if u.dtype != torch.float64 else F.softplus(dt_raw + self.dt_bias)
+        if keep is not None: dt = torch.where(keep, dt, 0.0)  # dt = 0: the state neither decays nor takes input at padded positions
+        A = -torch.exp(self.A_log.to(dt.dtype))
+        init = state.ssm if state is not None else None
+        if l == 1 and init is not None:  # decoding: the O(1) recurrence
+            y, ssm = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], init, self.D)
+            y = y[:, None]
+        else:
+            y, ssm = ssd_scan(x, dt, A, B, C, self.chunk_size, D=self.D, initial_state=init)
+        y = y.reshape(b, l, self.d_inner)
+        if self.gated:
+            if keep is not None: z = torch.where(keep, z, 0.0)
+            y = y * F.silu(z.to(y.dtype))
+        gs = self.norm_group_size
+        y = _rms(y.view(b, l, -1, gs), self.norm_weight.view(-1, gs), self.norm_eps).reshape(b, l, self.d_inner)
+        if keep is not None: y = torch.where(keep, y, 0.0)
+        return self.out_proj(y.to(u.dtype)), Mamba2State(new_conv, ssm)
 
-Mamba2Mixer.mix = _mix
+    @classmethod
+    @torch.no_grad()
+    def from_attention(cls, attn: nn.Module, d_conv: int = 4, chunk_size: int = 64, identity_conv: bool = True,
+                       bc_norm: bool = True, layer_idx: int | None = None, xb: str = "kv", gate: str = "new") -> "Mamba2Mixer":
+        """A Mamba2Mixer initialised from a Qwen3(-VL)-style attention module (q/k/v/o_proj, optional q_norm/k_norm),
+        created on the attention's device and dtype. xb: 'kv' | 'kv_preconv' | 'query'; gate: 'new' | 'from_attention' | 'none'."""
+        if xb not in XB_LAYOUTS: raise ValueError(f"xb={xb!r}: expected one of {XB_LAYOUTS}")
+        if gate not in GATES: raise ValueError(f"gate={gate!r}: expected one of {GATES}")
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            if not isinstance(getattr(attn, name, None), nn.Linear):
+                raise TypeError(f"{type(attn).__name__} has no nn.Linear {name!r}: expected a Qwen3-VL text attention module")
+        hd = getattr(attn, "head_dim", None) or attn.config.head_dim
+        hidden, nh, nkv = attn.q_proj.in_features, attn.q_proj.out_features // hd, attn.k_proj.out_features // hd
+        has_qk_norm = getattr(attn, "q_norm", None) is not None and getattr(attn, "k_norm", None) is not None
+        eps = getattr(getattr(attn, "q_norm", None), "variance_epsilon", 1e-6)
+        ref = attn.q_proj.weight
+        with torch.device(ref.device):  # build where the attention lives (an 8B layer on the GPU never round-trips through CPU)
+            mixer = cls(hidden, nh, hd, d_state=hd, n_groups=nh, d_conv=d_conv, chunk_size=chunk_size, bc_norm=bc_norm,
+                        norm_eps=eps, bias=attn.q_proj.bias is not None,
+                        layer_idx=layer_idx if layer_idx is not None else getattr(attn, "layer_idx", None),
+                        xb_heads=None if xb == "query" else nkv, repeat_before_conv=xb == "kv_preconv", gated=gate != "none").to(ref.dtype)
+        rep = nh // nkv
+        widen = (lambda t: _repeat_heads(t, nkv, rep)) if xb == "query" else (lambda t: t)
+        sizes = [mixer.d_z, mixer.d_x, mixer.d_B, nh * hd, nh]
+        for p_mix, which in ((mixer.in_proj.weight, "weight"), (mixer.in_proj.bias, "bias")):
+            if p_mix is None: continue
+            z, x, B, C, _ = p_mix.split(sizes, dim=0)          # views: copying into them writes in_proj's rows
+            v, k, q = (getattr(getattr(attn, f"{s}_proj"), which) for s in "vkq")
+            x.copy_(widen(v)); B.copy_(widen(k)); C.copy_(q)
+            if gate == "from_attention":                        # hybrid-model-factory's gate init: (W_O^T + repeat(W_V)) / 2
+                z.copy_(0.5 * (attn.o_proj.weight.T + _repeat_heads(v, nkv, rep)) if which == "weight" else 0.5 * _repeat_heads(v, nkv, rep))
+        mixer.out_proj.weight.copy_(attn.o_proj.weight)
+        if attn.o_proj.bias is not None: mixer.out_proj.bias.copy_(attn.o_proj.bias)
+        if bc_norm and has_qk_norm:
+            mixer.B_norm_weight.copy_(attn.k_norm.weight)
+            mixer.C_norm_weight.copy_(attn.q_norm.weight * getattr(attn, "scaling", hd ** -0.5))
+        if identity_conv:
+            mixer.conv1d.weight.zero_(); mixer.conv1d.weight[:, 0, -1] = 1.0
+            if mixer.conv1d.bias is not None: mixer.conv1d.bias.zero_()
+        return mixer
 
-# %% ../nbs/02_mamba2.ipynb #0f6a7db7
-def _repeat_heads(w: Tensor, n_kv: int, n_rep: int) -> Tensor:
-    "Rows of a (n_kv * d, ...) projection repeated per head to (n_kv * n_rep * d, ...), head i reading kv head i // n_rep."
-    return w.reshape(n_kv, -1, *w.shape[1:]).repeat_interleave(n_rep, dim=0).reshape(-1, *w.shape[1:])
+    def forward(self, hidden_states: Tensor, position_embeddings=None, attention_mask=None, cache=None,
+                past_key_values=None, **kwargs) -> tuple[Tensor, None]:
+        """Drop-in for Qwen3-VL text attention. hidden_states (batch, seqlen, hidden) -> ((batch, seqlen, hidden), None).
+        position_embeddings are ignored (order comes from the decay); the padding is read from attention_mask."""
+        cache = cache if cache is not None else past_key_values
+        mask = padding_mask_from_attention_mask(attention_mask, hidden_states.shape[1])
+        state = _cache_state(cache, self.layer_idx) if cache is not None else None
+        out, new_state = self.mix(hidden_states, state, mask)
+        if cache is not None: _store_state(cache, self.layer_idx, new_state, self.d_conv)
+        return out, None
 
-@torch.no_grad()
-def _from_attention(cls, attn: nn.Module, d_conv: int = 4, chunk_size: int = 64, identity_conv: bool = True,
-                    bc_norm: bool = True, layer_idx: int | None = None) -> "Mamba2Mixer":
-    """A Mamba2Mixer initialised from a Qwen3(-VL)-style attention module (q/k/v/o_proj, optional q_norm/k_norm).
-    Created on the attention's device and dtype."""
-    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        if not isinstance(getattr(attn, name, None), nn.Linear):
-            raise TypeError(f"{type(attn).__name__} has no nn.Linear {name!r}: expected a Qwen3-VL text attention module")
-    hd = getattr(attn, "head_dim", None) or attn.config.head_dim
-    hidden, nh, nkv = attn.q_proj.in_features, attn.q_proj.out_features // hd, attn.k_proj.out_features // hd
-    has_qk_norm = getattr(attn, "q_norm", None) is not None and getattr(attn, "k_norm", None) is not None
-    eps = getattr(getattr(attn, "q_norm", None), "variance_epsilon", 1e-6)
-    ref = attn.q_proj.weight
-    with torch.device(ref.device):  # build where the attention lives (an 8B layer on the GPU never round-trips through CPU)
-        mixer = cls(hidden, nh, hd, d_state=hd, n_groups=nh, d_conv=d_conv, chunk_size=chunk_size, bc_norm=bc_norm,
-                    norm_eps=eps, bias=attn.q_proj.bias is not None,
-                    layer_idx=layer_idx if layer_idx is not None else getattr(attn, "layer_idx", None)).to(ref.dtype)
-    rep, di = nh // nkv, nh * hd
-    rows = {"x": (di, 2 * di), "B": (2 * di, 3 * di), "C": (3 * di, 4 * di)}
-    src = {"x": _repeat_heads(attn.v_proj.weight, nkv, rep), "B": _repeat_heads(attn.k_proj.weight, nkv, rep), "C": attn.q_proj.weight}
-    for k, (a, b) in rows.items(): mixer.in_proj.weight[a:b] = src[k]
-    if attn.q_proj.bias is not None:
-        bsrc = {"x": _repeat_heads(attn.v_proj.bias, nkv, rep), "B": _repeat_heads(attn.k_proj.bias, nkv, rep), "C": attn.q_proj.bias}
-        for k, (a, b) in rows.items(): mixer.in_proj.bias[a:b] = bsrc[k]
-    mixer.out_proj.weight.copy_(attn.o_proj.weight)
-    if attn.o_proj.bias is not None: mixer.out_proj.bias.copy_(attn.o_proj.bias)
-    if bc_norm and has_qk_norm:
-        mixer.B_norm_weight.copy_(attn.k_norm.weight)
-        mixer.C_norm_weight.copy_(attn.q_norm.weight * getattr(attn, "scaling", hd ** -0.5))
-    if identity_conv:
-        mixer.conv1d.weight.zero_(); mixer.conv1d.weight[:, 0, -1] = 1.0
-        if mixer.conv1d.bias is not None: mixer.conv1d.bias.zero_()
-    return mixer
-
-Mamba2Mixer.from_attention = classmethod(_from_attention)
-
-# %% ../nbs/02_mamba2.ipynb #f5f9706d
-def _cache_state(self: Mamba2Mixer, cache) -> Mamba2State | None:
-    "This layer's state in a transformers Cache, or None before the first call."
+# %% ../nbs/02_mamba2.ipynb #41750c36
+def _cache_state(cache, layer_idx: int | None) -> Mamba2State | None:
+    "Layer `layer_idx`'s state in a transformers Cache, or None before the first call."
     from transformers.cache_utils import LinearAttentionCacheLayerMixin
-    i = self.layer_idx
+    i = layer_idx
     layers = getattr(cache, "layers", None)
     if i is None or layers is None or i >= len(layers) or not isinstance(layers[i], LinearAttentionCacheLayerMixin):
         got = "no layer" if layers is None or i is None or i >= len(layers) else type(layers[i]).__name__
@@ -206,19 +257,6 @@ def _cache_state(self: Mamba2Mixer, cache) -> Mamba2State | None:
     conv, ssm = cache.get_conv_state(i), cache.get_recurrent_state(i)
     return None if conv is None or ssm is None else Mamba2State(conv, ssm)
 
-def _store_state(self: Mamba2Mixer, cache, state: Mamba2State) -> None:
-    cache.update_conv_state(state.conv, self.layer_idx, conv_kernel_size=self.d_conv - 1)
-    cache.update_recurrent_state(state.ssm, self.layer_idx)
-
-def _forward(self: Mamba2Mixer, hidden_states: Tensor, position_embeddings=None, attention_mask=None, cache=None,
-             past_key_values=None, **kwargs) -> tuple[Tensor, None]:
-    """Drop-in for Qwen3-VL text attention. hidden_states (batch, seqlen, hidden) -> ((batch, seqlen, hidden), None).
-    position_embeddings are ignored (order comes from the decay); the padding is read from attention_mask."""
-    cache = cache if cache is not None else past_key_values
-    mask = padding_mask_from_attention_mask(attention_mask, hidden_states.shape[1])
-    state = _cache_state(self, cache) if cache is not None else None
-    out, new_state = self.mix(hidden_states, state, mask)
-    if cache is not None: _store_state(self, cache, new_state)
-    return out, None
-
-Mamba2Mixer.forward = _forward
+def _store_state(cache, layer_idx: int, state: Mamba2State, d_conv: int) -> None:
+    cache.update_conv_state(state.conv, layer_idx, conv_kernel_size=d_conv - 1)
+    cache.update_recurrent_state(state.ssm, layer_idx)

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from .align import capture_residuals, decoder_parts, mamba_layers_of
-from .density import DEFAULT_METHOD, METHODS, vision_features, visual_token_density
+from .density import DEFAULT_METHOD, METHODS, vision_features, vision_geometry, visual_token_density
 from .stats import bootstrap_mean, percentile_interval, resample_counts
+from .teacher import model_inputs
 
 # %% auto #0
 __all__ = ['VisualTokens', 'visual_tokens', 'token_density', 'density_deciles', 'by_decile', 'top_bottom_ratio', 'residual_drift',
@@ -56,15 +57,10 @@ def visual_tokens(batch: Mapping, patch_size: int = 16, merge_size: int = 2) -> 
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, int)
     return VisualTokens(cat(img), cat(rr), cat(cc), grids, patch_size * merge_size)
 
-def _geometry(model) -> dict:
-    vc = getattr(getattr(model, "config", None), "vision_config", None)
-    return dict(patch_size=vc.patch_size, merge_size=vc.spatial_merge_size) if vc is not None else dict(patch_size=16, merge_size=2)
-
 @torch.no_grad()
 def token_density(batch: Mapping, method: str = DEFAULT_METHOD, model=None, image_std=None) -> torch.Tensor:
     "Density of every visual token of the batch, flattened in batch order → (N,). Feature proxies need `model`."
-    vc = getattr(getattr(model, "config", None), "vision_config", None)
-    geo = dict(patch_size=vc.patch_size, merge_size=vc.spatial_merge_size, temporal_patch_size=vc.temporal_patch_size) if vc else {}
+    geo = vision_geometry(model)
     feats = None
     if method != "pixel":
         if model is None: raise ValueError(f"method={method!r} reads the vision tower's features: pass model=")
@@ -117,8 +113,6 @@ def _visual_mask(batch) -> torch.Tensor:
     if "mm_token_type_ids" not in batch: raise ValueError("the batch needs mm_token_type_ids (1 at image-pad positions)")
     return torch.as_tensor(batch["mm_token_type_ids"]) == 1
 
-def _inputs(batch: Mapping, drop=("labels", "glyph_targets", "cell_targets")) -> dict:
-    return {k: v for k, v in batch.items() if k not in drop}
 
 @torch.no_grad()
 def residual_drift(student, teacher, batch: Mapping, layers: Sequence[int] | None = None, eps: float = 1e-8) -> torch.Tensor:
@@ -127,7 +121,7 @@ def residual_drift(student, teacher, batch: Mapping, layers: Sequence[int] | Non
     layers: None → the student's Mamba layers. The residual after layer i is what enters layer i+1 (DeepStack included)."""
     layers = sorted(layers if layers is not None else (mamba_layers_of(student) or []))
     if not layers: raise ValueError("no layers: the student has no text_config.mamba_layers; pass layers=")
-    inputs, vis = _inputs(batch), _visual_mask(batch)
+    inputs, vis = model_inputs(batch), _visual_mask(batch)
     with capture_residuals(teacher, layers) as rt: teacher(**inputs)
     with capture_residuals(student, layers) as rs: student(**inputs)
     out = []
@@ -141,7 +135,7 @@ def answer_logprob(model, batch: Mapping, mm_encoder_outputs: dict | None = None
     "Sum of log p over the labelled answer tokens of each example → (B,). With `mm_encoder_outputs`, pixel_values are not used."
     if "labels" not in batch: raise ValueError("the batch has no labels: build it with AnswerCollator (with_answers=True)")
     labels = batch["labels"]
-    inputs = _inputs(batch)
+    inputs = model_inputs(batch)
     if mm_encoder_outputs is not None: inputs = {k: v for k, v in inputs.items() if k != "pixel_values"} | {"mm_encoder_outputs": mm_encoder_outputs}
     logits = model(**inputs).logits.float()
     lp = logits[:, :-1].log_softmax(-1)

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .env import data_dir, figures_dir, home_dir
+from .env import data_dir, figures_dir, home_dir, write_json_atomic
 
 # %% auto #0
 __all__ = ['PROFILES', 'DEFAULT_PROFILE', 'REQUIRED_PARAMETERS', 'STUDENT_SEEDS', 'EXPERIMENT_SIZES', 'check_profile',
@@ -155,11 +155,6 @@ def run_notebook(nb_path, out_path, parameters: dict, kernel="python3", timeout=
 def _snapshot(d: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()} if d.exists() else {}
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
 def reproduce(profile: str = DEFAULT_PROFILE, only=None, fig_dir=None, data=None, run_dir=None,
               kernel: str = "python3", timeout: int = 3600, nb_dir=None, retrain: bool = False, log=print) -> list[NotebookRun]:
     """Run the experiment notebooks through papermill; raise `NotebookFailed` on the first failure.
@@ -192,7 +187,7 @@ def reproduce(profile: str = DEFAULT_PROFILE, only=None, fig_dir=None, data=None
         written = sorted(str(p.relative_to(fig_dir)) for p, m in after.items() if before.get(p) != m)
         runs.append(NotebookRun(nb.stem, str(out), round(secs, 2), written))
     bar.close()
-    _write_json_atomic(run_dir / "summary.json", dict(profile=profile, fig_dir=str(fig_dir), ok=failure is None,
+    write_json_atomic(run_dir / "summary.json", dict(profile=profile, fig_dir=str(fig_dir), ok=failure is None,
                        failed=str(failure).splitlines()[0] if failure else None, runs=[asdict(r) for r in runs]))
     for r in runs:
         log(f"  {r.name:<28} {r.seconds:8.1f}s  wrote {len(r.written)} file(s): {', '.join(r.written) or '-'}")

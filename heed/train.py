@@ -245,12 +245,12 @@ def write_presets(folder) -> list[Path]:
     (folder / "accelerate").mkdir(exist_ok=True)
     for name, c in ACCELERATE_CONFIGS.items():
         p = folder / "accelerate" / f"{name}.yaml"
-        p.write_text(f"# accelerate launch --config_file configs/accelerate/{name}.yaml -m heed.cli train PRESET [key=value ...]\n"
+        write_text_atomic(p, f"# accelerate launch --config_file configs/accelerate/{name}.yaml -m heed.cli train PRESET [key=value ...]\n"
                      + yaml.safe_dump(c, sort_keys=False))
         out.append(p)
     for name in sorted(PRESETS):
         p = folder / f"{name}.yaml"
-        p.write_text(f"# heed train {p.name}   (preset {name!r}; any key can be overridden: heed train {p.name} lr=1e-3)\n"
+        write_text_atomic(p, f"# heed train {p.name}   (preset {name!r}; any key can be overridden: heed train {p.name} lr=1e-3)\n"
                      + yaml.safe_dump(config_dict(load_config(name)), sort_keys=False))
         out.append(p)
     return out

@@ -4,10 +4,13 @@ import pytest
 import torch
 from transformers import DynamicCache, Qwen3VLForConditionalGeneration
 
-from heed.hybrid import (Qwen3VLHybridForConditionalGeneration, cache_nbytes, hybridize, tiny_qwen3vl_config)
-from heed.mamba2 import Mamba2Mixer
+from heed.hybrid import (MAMBA_DEFAULTS, Qwen3VLHybridForConditionalGeneration, cache_nbytes, hybridize, mamba_settings,
+                         tiny_qwen3vl_config)
+from heed.mamba2 import GATES, Mamba2Mixer
 
 N_LAYERS = 8
+# every gate at the key/value width, the old stored layout, and the repetition before the conv
+STUDENTS = [dict(gate=g, xb="kv") for g in GATES] + [dict(gate="new", xb="query"), dict(xb="kv_preconv")]
 
 
 def save_load(model, path, cls=Qwen3VLForConditionalGeneration, **kw):
@@ -45,9 +48,10 @@ def prompt(cfg, n_text=6, grid=(1, 4, 4), n_after=3, seed=0, image=True):
     return out
 
 
-def test_no_mamba_layout_reproduces_teacher_exactly(teacher_dir, tmp_path):
+@pytest.mark.parametrize("kw", STUDENTS)
+def test_no_mamba_layout_reproduces_teacher_exactly(teacher_dir, tmp_path, kw):
     teacher = load_teacher(teacher_dir)
-    student = hybridize(teacher, attention_layers=list(range(N_LAYERS))).eval()
+    student = hybridize(teacher, attention_layers=list(range(N_LAYERS)), **kw).eval()
     assert student.config.text_config.mamba_layers == []
     x = prompt(teacher.config)
     with torch.no_grad():
@@ -57,10 +61,12 @@ def test_no_mamba_layout_reproduces_teacher_exactly(teacher_dir, tmp_path):
         assert torch.equal(again(**x).logits, t)
 
 
-@pytest.mark.parametrize("layout", [None, [0, 5], 0.5])
-def test_prefill_then_step_decode_equals_full_forward(teacher_dir, layout):
-    "fp64 so that the comparison is about the cache logic, not rounding."
-    student = hybridize(load_teacher(teacher_dir, dtype=torch.float64), layout).eval()
+@pytest.mark.parametrize("layout,kw", [(None, {}), ([0, 5], {}), (0.5, {})] + [(None, kw) for kw in STUDENTS])
+def test_prefill_then_step_decode_equals_full_forward(teacher_dir, layout, kw):
+    "fp64 so that the comparison is about the cache logic, not rounding. Every gate and x/B layout."
+    student = hybridize(load_teacher(teacher_dir, dtype=torch.float64), layout, **kw).eval()
+    with torch.no_grad():   # conv filters that are not the identity, so the decode path's conv is checked too
+        for i in student.mamba_layers: student.model.language_model.layers[i].self_attn.conv1d.weight.normal_(0, 0.5)
     x = prompt(student.config, n_text=5, n_after=12)
     ids = x["input_ids"]
     L, k = ids.shape[1], ids.shape[1] - 9            # prefill holds the image, 9 tokens decoded one by one
@@ -81,8 +87,9 @@ def test_prefill_then_step_decode_equals_full_forward(teacher_dir, layout):
 # eager attention in float64 turns a fully padded query row into NaN (its float64 mask minimum becomes -inf in its
 # float32 softmax) and the next attention layer spreads it: a transformers limitation, so eager is checked in float32.
 @pytest.mark.parametrize("attn_impl,dtype,tol", [("sdpa", torch.float64, 1e-9), ("eager", torch.float32, 2e-5)])
-def test_left_padded_batch_equals_one_by_one(teacher_dir, attn_impl, dtype, tol):
-    student = hybridize(load_teacher(teacher_dir, dtype=dtype, attn_implementation=attn_impl)).eval()
+@pytest.mark.parametrize("kw", [{}, dict(gate="none"), dict(gate="new", xb="query")])
+def test_left_padded_batch_equals_one_by_one(teacher_dir, attn_impl, dtype, tol, kw):
+    student = hybridize(load_teacher(teacher_dir, dtype=dtype, attn_implementation=attn_impl), **kw).eval()
     cfg = student.config
     rows = [prompt(cfg, n_text=n, seed=n, image=False)["input_ids"][0] for n in (3, 11, 7)]
     L = max(len(r) for r in rows)
@@ -104,10 +111,13 @@ def test_left_padded_batch_equals_one_by_one(teacher_dir, attn_impl, dtype, tol)
             assert (batch_gen[i, L + len(new):] == pad_id).all()
 
 
-def test_generate_with_image_matches_uncached_and_mamba_state_is_constant(teacher_dir):
-    student = hybridize(load_teacher(teacher_dir)).eval()
+@pytest.mark.parametrize("kw", STUDENTS)
+def test_generate_with_image_matches_uncached_and_mamba_state_is_constant(teacher_dir, kw):
+    student = hybridize(load_teacher(teacher_dir), **kw).eval()
     x = prompt(student.config)
-    gen = dict(max_new_tokens=8, do_sample=False, pad_token_id=student.config.text_config.pad_token_id)
+    c = student.config   # a random student may emit an image token; re-read uncached it would ask for image features
+    gen = dict(max_new_tokens=8, do_sample=False, pad_token_id=c.text_config.pad_token_id,
+               suppress_tokens=[c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id])
     with torch.no_grad():
         out = student.generate(**x, **gen, return_dict_in_generate=True)
         assert torch.equal(out.sequences, student.generate(**x, **gen, use_cache=False))
@@ -120,19 +130,22 @@ def test_generate_with_image_matches_uncached_and_mamba_state_is_constant(teache
     for i in student.attention_layers: assert cache_nbytes(short, [i]) < per_layer[i]   # grows with context
 
 
-def test_save_pretrained_from_pretrained_round_trip(teacher_dir, tmp_path):
-    student = hybridize(load_teacher(teacher_dir), [2, 7], chunk_size=16, d_conv=3).eval()
+@pytest.mark.parametrize("kw", STUDENTS)
+def test_save_pretrained_from_pretrained_round_trip(teacher_dir, tmp_path, kw):
+    student = hybridize(load_teacher(teacher_dir), [2, 7], chunk_size=16, d_conv=3, **kw).eval()
     with torch.no_grad():  # move the mixers away from their init so the round trip is not checked on defaults
         for p in student.parameters(): p.add_(0.01 * torch.randn_like(p))
     again = save_load(student, tmp_path, Qwen3VLHybridForConditionalGeneration)
     tc = again.config.text_config
     assert (tc.attention_layers, tc.mamba_layers) == ([2, 7], [0, 1, 3, 4, 5, 6])
-    assert tc.heed_mamba == dict(d_conv=3, chunk_size=16, bc_norm=True)
+    assert tc.heed_mamba == {**MAMBA_DEFAULTS, **kw, "d_conv": 3, "chunk_size": 16}
     assert again.config.architectures == ["Qwen3VLHybridForConditionalGeneration"]
     sd1, sd2 = student.state_dict(), again.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     m = again.model.language_model.layers[0].self_attn
     assert isinstance(m, Mamba2Mixer) and (m.d_conv, m.chunk_size, m.layer_idx) == (3, 16, 0)
+    want = {**MAMBA_DEFAULTS, **kw}
+    assert (m.gated, m.xb_heads is None, m.repeat_before_conv) == (want["gate"] != "none", want["xb"] == "query", want["xb"] == "kv_preconv")
     x = prompt(student.config)
     with torch.no_grad(): assert torch.equal(again(**x).logits, student(**x).logits)
 
@@ -158,3 +171,22 @@ def test_hybridize_refuses_bad_inputs(teacher_dir):
         from transformers import DynamicCache as DC
         s = hybridize(teacher)
         s(input_ids=torch.tensor([[1, 2, 3]]), cache=DC(), use_cache=True)   # a cache built without the config
+
+
+def test_student_saved_before_the_kv_layout_loads_or_says_why(teacher_dir, tmp_path):
+    "A folder whose heed_mamba predates xb/gate loads as the old layout; an unknown layout is refused by name."
+    import json
+    old = hybridize(load_teacher(teacher_dir), gate="new", xb="query").eval()
+    old.save_pretrained(tmp_path)
+    cfg_path = tmp_path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["text_config"]["heed_mamba"] = dict(d_conv=4, chunk_size=64, bc_norm=True)
+    cfg_path.write_text(json.dumps(cfg))
+    again = Qwen3VLHybridForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert mamba_settings(again.config.text_config) == dict(d_conv=4, chunk_size=64, bc_norm=True, xb="query", gate="new")
+    x = prompt(old.config)
+    with torch.no_grad(): assert torch.equal(again(**x).logits, old(**x).logits)
+    cfg["text_config"]["heed_mamba"]["xb"] = "full"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="heed_mamba xb='full': expected one of"):
+        Qwen3VLHybridForConditionalGeneration.from_pretrained(tmp_path)

@@ -95,9 +95,10 @@ def test_padding_never_reaches_state_even_mid_batch_decode():
     assert torch.equal(y[0], torch.zeros_like(y[0]))
 
 
-def test_gradients_reach_every_parameter_and_are_finite_with_padding():
+@pytest.mark.parametrize("gate", ["new", "from_attention", "none"])
+def test_gradients_reach_every_parameter_and_are_finite_with_padding(gate):
     torch.manual_seed(0)
-    mx = Mamba2Mixer.from_attention(Qwen3VLTextAttention(text_config(), 0))
+    mx = Mamba2Mixer.from_attention(Qwen3VLTextAttention(text_config(), 0), gate=gate)
     u = torch.randn(2, 20, 32, requires_grad=True)
     mask = torch.ones(2, 20, dtype=torch.bool); mask[0, :6] = False
     y, st = mx.mix(u, mask=mask)
@@ -117,20 +118,49 @@ def test_bf16_runs_close_to_fp32():
     assert (ybf.float() - y32).norm() / y32.norm() < 0.05
 
 
-def test_from_attention_with_bias_and_gqa_mapping():
+@pytest.mark.parametrize("xb", ["kv", "kv_preconv", "query"])
+@pytest.mark.parametrize("gate", ["new", "from_attention", "none"])
+def test_from_attention_with_bias_and_gqa_mapping(xb, gate):
     torch.manual_seed(0)
     attn = Qwen3VLTextAttention(text_config(attention_bias=True, num_attention_heads=6, num_key_value_heads=2), 0)
-    mx = Mamba2Mixer.from_attention(attn, identity_conv=False)
-    di = 6 * 8
-    for head in range(6):
-        kv = head // 3
-        assert torch.equal(mx.in_proj.weight[di + head * 8: di + (head + 1) * 8], attn.v_proj.weight[kv * 8:(kv + 1) * 8])
-        assert torch.equal(mx.in_proj.weight[2 * di + head * 8: 2 * di + (head + 1) * 8], attn.k_proj.weight[kv * 8:(kv + 1) * 8])
-        assert torch.equal(mx.in_proj.bias[2 * di + head * 8: 2 * di + (head + 1) * 8], attn.k_proj.bias[kv * 8:(kv + 1) * 8])
-    assert torch.equal(mx.in_proj.weight[3 * di: 4 * di], attn.q_proj.weight)
+    mx = Mamba2Mixer.from_attention(attn, identity_conv=False, xb=xb, gate=gate)
+    di, dz = 6 * 8, (0 if gate == "none" else 6 * 8)
+    z, x, B, C, dt = mx.in_proj.weight.split([mx.d_z, mx.d_x, mx.d_B, di, 6])
+    zb, xb_, Bb, Cb, dtb = mx.in_proj.bias.split([mx.d_z, mx.d_x, mx.d_B, di, 6])
+    assert mx.d_z == dz and z.shape[0] == dz
+    if xb == "query":                     # the old layout: query head h holds a copy of kv head h // 3
+        for head in range(6):
+            kv = head // 3
+            assert torch.equal(x[head * 8:(head + 1) * 8], attn.v_proj.weight[kv * 8:(kv + 1) * 8])
+            assert torch.equal(B[head * 8:(head + 1) * 8], attn.k_proj.weight[kv * 8:(kv + 1) * 8])
+            assert torch.equal(Bb[head * 8:(head + 1) * 8], attn.k_proj.bias[kv * 8:(kv + 1) * 8])
+    else:                                 # x and B are the key/value projections themselves
+        assert torch.equal(x, attn.v_proj.weight) and torch.equal(B, attn.k_proj.weight) and torch.equal(Bb, attn.k_proj.bias)
+        assert mx.xb_heads == 2 and mx.repeat_before_conv == (xb == "kv_preconv")
+    assert torch.equal(C, attn.q_proj.weight) and torch.equal(Cb, attn.q_proj.bias)
+    if gate == "from_attention":
+        v_rep = attn.v_proj.weight.view(2, 8, 32).repeat_interleave(3, 0).reshape(48, 32)
+        torch.testing.assert_close(z, 0.5 * (attn.o_proj.weight.T + v_rep), rtol=0, atol=0)
     assert torch.equal(mx.B_norm_weight, attn.k_norm.weight)
     torch.testing.assert_close(mx.C_norm_weight, attn.q_norm.weight * 8 ** -0.5)
     assert not torch.equal(mx.conv1d.weight[:, 0, :-1], torch.zeros_like(mx.conv1d.weight[:, 0, :-1]))  # default conv init kept
+
+
+@pytest.mark.parametrize("xb", ["kv", "kv_preconv"])
+def test_kv_width_equals_stored_repetition_with_identity_conv(xb):
+    "At conversion (identity conv) every layout is the same function: the run-time repetition equals the stored one."
+    torch.manual_seed(0)
+    attn = Qwen3VLTextAttention(text_config(num_attention_heads=6, num_key_value_heads=2), 0)
+    ref = Mamba2Mixer.from_attention(attn, xb="query").double()
+    torch.manual_seed(0)
+    mx = Mamba2Mixer.from_attention(attn, xb=xb).double()
+    with torch.no_grad():                 # the parts with no attention counterpart: the same draws in both
+        for name in ("dt_bias", "A_log"): mx.get_parameter(name).copy_(ref.get_parameter(name))
+        mx.in_proj.weight[:48] = ref.in_proj.weight[:48]; mx.in_proj.weight[-6:] = ref.in_proj.weight[-6:]   # z and dt rows
+    u = torch.randn(2, 37, 32, dtype=torch.float64)
+    torch.testing.assert_close(mx.mix(u)[0], ref.mix(u)[0], rtol=0, atol=1e-12)
+    n_ref, n = (sum(p.numel() for p in m.parameters()) for m in (ref, mx))
+    assert n_ref - n == 32 * 2 * (48 - 16) + (0 if xb == "kv_preconv" else 2 * (48 - 16) * 5)   # stored rows (+ conv channels)
 
 
 def test_state_alloc_matches_and_is_length_independent():
