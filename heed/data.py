@@ -364,8 +364,8 @@ class DataSplits(NamedTuple):
 def load_data(spec, seed: int = 0, heldout: int = 256, eval_spec=None, synth: dict | None = None) -> DataSplits:
     """The training mixture and the held-out examples of a config's `dataset` (and optional `eval_dataset`).
 
-    Without eval_spec, `heldout` examples are held out of the training sources (split by weight, seeded; the first ones
-    of a streamed source) and never trained on."""
+    Without eval_spec, `heldout` examples are held out of the training sources (split by weight, seeded, at most a tenth
+    of each in-memory source; the first ones of a streamed source) and never trained on."""
     sources = parse_sources(spec)
     parts = []
     for s in sources:
@@ -388,8 +388,7 @@ def load_data(spec, seed: int = 0, heldout: int = 256, eval_spec=None, synth: di
     else:
         kept = []
         for i, (p, h) in enumerate(zip(parts, shares)):
-            if h >= len(p): raise ValueError(f"dataset {p.name!r} has {len(p)} examples: too few to hold out {h} and train on the rest "
-                                             "(lower heldout, or give eval_dataset)")
+            h = min(h, len(p) // 10)  # never more than a tenth of a source
             perm = torch.randperm(len(p), generator=torch.Generator().manual_seed(seed * 31 + i)).tolist()
             held += [p[j] for j in perm[:h]]
             kept.append(p.subset(sorted(perm[h:])))

@@ -472,9 +472,10 @@ def load_teacher(path, device=None, dtype=None, max_length: int | None = None) -
 
 # %% ../nbs/07_teacher.ipynb #f15b8147
 def load_model(path, device=None):
-    "A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor)."
+    """A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor). A relative path is
+    taken as typed when it exists from the working directory, else relative to the project root."""
     from transformers import AutoConfig
-    path = home_path(path)
+    path = Path(path).expanduser().resolve() if Path(path).expanduser().exists() else home_path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a model folder written by heed train, or a Qwen3-VL checkpoint)")
     cfg = AutoConfig.from_pretrained(path, local_files_only=True)
