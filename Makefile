@@ -2,6 +2,7 @@
 #   make reproduce [PROFILE=small|smoke|full] [ONLY=name] [RETRAIN=1]   rebuild figures/ through papermill
 #   make test                                               what CI runs
 #   make lab                                                JupyterLab with the project's kernel
+#   make lmms-test                                          lmms-eval itself (own venv, .venv-lmms) running `--model heed`
 # GPU users: make reproduce TORCH_SPEC="torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +13,7 @@ PROFILE ?= small
 ONLY ?=
 STAMP := $(VENV)/.heed-installed
 
-.PHONY: setup reproduce test lab export sync-check nbtest pytest smoke clean
+.PHONY: setup reproduce test lab export sync-check nbtest pytest smoke clean lmms-setup lmms-test
 
 setup: $(STAMP)
 
@@ -52,6 +53,23 @@ export: $(STAMP)
 	$(BIN)/nbdev_clean
 	$(BIN)/python tools/render_readme.py
 	$(BIN)/python -c "from heed.train import write_presets; write_presets('configs')"
+
+# The real harness in its own venv: lmms-eval needs torchvision, which moves torch to another build (≈7 GB, ≈3 min).
+# `make lmms-test` then runs tests/test_lmms.py there, where the harness is importable: its evaluator and its
+# command line (`lmms-eval --model heed`) on a generate_until and a multiple-choice task, offline, samples checked.
+LMMS_VENV ?= .venv-lmms
+LMMS_STAMP := $(LMMS_VENV)/.heed-installed
+
+lmms-setup: $(LMMS_STAMP)
+
+$(LMMS_STAMP): settings.ini setup.py
+	test -x $(LMMS_VENV)/bin/python || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LMMS_VENV)/bin/python -m pip install -q -e ".[lmms]" pytest hypothesis
+	touch $@
+
+lmms-test: $(LMMS_STAMP)
+	$(TEST_ENV) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(LMMS_VENV)/bin/python -m pytest -q -rs tests/test_lmms.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. --MultiKernelManager.default_kernel_name=heed

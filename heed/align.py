@@ -12,12 +12,12 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .density import DensitySettings, VisionFeatures, batch_token_weights, capture_vision, vision_geometry
+from .density import DensitySettings, VisionFeatures, batch_token_weights, capture_vision, vision_geometry, visual_mask
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'TERMS', 'decoder_parts', 'mamba_layers_of', 'Residuals', 'capture_residuals', 'TeacherOutput',
-           'teacher_forward', 'residual_alignment_loss', 'alignment_weights', 'kd_loss', 'StepLosses', 'answer_mask',
-           'distillation_losses']
+__all__ = ['WEIGHTINGS', 'TERMS', 'ALIGNMENTS', 'decoder_parts', 'mamba_layers_of', 'Residuals', 'capture_residuals',
+           'TeacherOutput', 'teacher_forward', 'feed_residuals', 'residual_alignment_loss', 'alignment_weights',
+           'kd_loss', 'StepLosses', 'answer_mask', 'distillation_losses']
 
 # %% ../nbs/05_align.ipynb #23b82dd2
 _DECODER_PATHS = ("model.language_model", "language_model", "model.model", "model", "")
@@ -89,6 +89,27 @@ def teacher_forward(teacher, batch: Mapping, layers: Sequence[int] | None = None
         out = teacher(**batch)
     return TeacherOutput(out.logits, res, vis[-1] if vis else None)
 
+# %% ../nbs/05_align.ipynb #40d30915
+@contextlib.contextmanager
+def feed_residuals(model, inputs: Mapping[int, torch.Tensor]):
+    "During forwards, replace the hidden state entering decoder layer i by `inputs[i]` (B, L, D), detached, for each i given."
+    dec_layers, _ = decoder_parts(model)
+    n = len(dec_layers)
+    bad = [i for i in inputs if not 0 <= int(i) < n]
+    if bad: raise ValueError(f"layers {bad} out of range for a decoder of {n} layers")
+    def feed(x):
+        def hook(mod, args, kwargs):
+            h = _hidden_arg(args, kwargs)
+            if x.shape != h.shape: raise ValueError(f"fed residual {tuple(x.shape)} does not match the stream {tuple(h.shape)}")
+            x_ = x.detach().to(h.dtype)
+            if "hidden_states" in kwargs: return args, {**kwargs, "hidden_states": x_}
+            return (x_, *args[1:]), kwargs
+        return hook
+    handles = [dec_layers[int(i)].register_forward_pre_hook(feed(x), with_kwargs=True) for i, x in inputs.items()]
+    try: yield
+    finally:
+        for h in handles: h.remove()
+
 # %% ../nbs/05_align.ipynb #1c0597bd
 def _streams(x, name: str) -> Mapping[int, torch.Tensor]:
     if isinstance(x, Residuals): return x.outputs
@@ -140,7 +161,11 @@ def alignment_weights(batch: Mapping, weighting: str = "heed", vision: VisionFea
     if not isinstance(density, DensitySettings):
         raise TypeError(f"density={density!r}: expected a heed.density.DensitySettings")
     ids = batch["input_ids"]
-    if weighting == "uniform" or "pixel_values" not in batch: return torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+    if "pixel_values" not in batch: return torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+    if weighting == "uniform":  # one weight for every visual token; text tokens at text_weight in both weightings
+        if density.text_weight == 1: return torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+        vis = visual_mask(ids, batch.get("mm_token_type_ids"), getattr(getattr(model, "config", None), "image_token_id", None))
+        return torch.where(vis.to(ids.device), 1.0, float(density.text_weight)).float()
     return batch_token_weights(batch, density.method, features=vision, model=model, sharpness=density.sharpness,
                                floor=density.floor, text_weight=density.text_weight, **vision_geometry(model)).to(ids.device)
 
@@ -164,6 +189,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
 
 # %% ../nbs/05_align.ipynb #3097712f
 TERMS = ("align", "kd", "ce")
+ALIGNMENTS = ("global", "local")
 
 @dataclass
 class StepLosses:
@@ -182,17 +208,23 @@ def answer_mask(labels: torch.Tensor) -> torch.Tensor:
 
 def distillation_losses(student, teacher, inputs: Mapping, labels: torch.Tensor | None = None, terms: Sequence[str] = ("align", "kd"),
                         weighting: str = "heed", density: DensitySettings = DensitySettings(), layers: Sequence[int] | None = None,
-                        temperature: float = 1.0, term_weights: Mapping[str, float] | None = None, forward=None) -> StepLosses:
+                        temperature: float = 1.0, term_weights: Mapping[str, float] | None = None, forward=None,
+                        alignment: str = "global") -> StepLosses:
     """The losses of one step. inputs: the model's forward kwargs; labels (B, L) with -100 off the answers.
 
     terms: any of 'align', 'kd', 'ce'. layers: None → the student's Mamba layers. forward: what runs the student
-    (a DDP/FSDP wrapper of `student`; default `student`). term_weights: name → multiplier (default 1)."""
+    (a DDP/FSDP wrapper of `student`; default `student`). term_weights: name → multiplier (default 1); a term whose
+    weight is 0 is not computed. alignment: 'global' (the student's own residual stream) or 'local' (each aligned layer
+    fed the teacher's input residual; costs a second student forward when KD or CE is also asked for)."""
     terms = tuple(terms)
     bad = [t for t in terms if t not in TERMS]
     if bad or not terms: raise ValueError(f"terms={terms}: expected a non-empty selection of {TERMS}")
     if "ce" in terms and labels is None: raise ValueError("the 'ce' term needs labels")
     tw = dict(term_weights or {})
     if set(tw) - set(TERMS): raise ValueError(f"term_weights has unknown terms {sorted(set(tw) - set(TERMS))}; expected {TERMS}")
+    if alignment not in ALIGNMENTS: raise ValueError(f"alignment={alignment!r}: expected one of {ALIGNMENTS}")
+    terms = tuple(t for t in terms if tw.get(t, 1.0) != 0)  # e.g. KD-only distillation: align_weight 0
+    if not terms: raise ValueError(f"every requested term has weight 0 ({tw}): nothing to train")
     forward = forward if forward is not None else student
     need_teacher = "align" in terms or "kd" in terms
     if need_teacher and teacher is None: raise ValueError(f"terms {terms} need a teacher")
@@ -202,8 +234,15 @@ def distillation_losses(student, teacher, inputs: Mapping, labels: torch.Tensor 
     cap = list(layers) if "align" in terms else []
     tout = teacher_forward(teacher, inputs, cap) if need_teacher else None
     w = alignment_weights(inputs, weighting, tout.vision, density, model=teacher) if "align" in terms else None
-    with capture_residuals(student, cap) as sres:
-        out = forward(**inputs, labels=labels) if "ce" in terms else forward(**inputs)
+    local = alignment == "local" and "align" in terms
+    out = None
+    if local:  # the aligned layers see the teacher's inputs: one forward whose residual outputs are layer-local
+        with capture_residuals(student, cap) as sres, feed_residuals(student, {i: tout.residuals.inputs[i] for i in cap}):
+            forward(**inputs)
+    if not local or "kd" in terms or "ce" in terms:
+        with capture_residuals(student, [] if local else cap) as free:
+            out = forward(**inputs, labels=labels) if "ce" in terms else forward(**inputs)
+        if not local: sres = free
     mask = inputs.get("attention_mask")
     got = {}
     if "align" in terms: got["align"] = residual_alignment_loss(sres, tout.residuals, w, mask, cap)

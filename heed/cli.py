@@ -194,8 +194,34 @@ def _add_plan(sub):
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd_plan)
 
+# %% ../nbs/21_cli.ipynb #lmmstk02
+def _cmd_lmms_tasks(args) -> int:
+    from heed.benchmarks import BenchmarkUnavailable
+    from heed.lmms import LOCAL_TAG, write_lmms_tasks  # imports lmms-eval when it is installed: only for this command
+    try: res = write_lmms_tasks(args.data_dir, args.out, args.only, args.lmms_tasks_dir)
+    except BenchmarkUnavailable as e:
+        print(f"heed lmms-tasks: {e}", file=sys.stderr)
+        return 1
+    for n, r in res.items(): print(f"{n:18s} {r}")
+    written = [n for n, r in res.items() if isinstance(r, Path)]
+    if not written:
+        print(f"heed lmms-tasks: no local copy found under {args.data_dir}", file=sys.stderr)
+        return 1
+    print(f"\n{len(written)} task(s) in {args.out}: lmms-eval --model heed --model_args pretrained=MODEL --include_path {args.out} "
+          f"--tasks {LOCAL_TAG} (with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1; its exit code hides failures: read its log)")
+    return 0
+
+def _add_lmms_tasks(sub):
+    p = sub.add_parser("lmms-tasks", help="write lmms-eval task files that read the local benchmark copies heed eval reads (offline runs)")
+    p.add_argument("--data-dir", required=True, help="local copies of the datasets, as for heed eval --data-dir")
+    p.add_argument("--out", required=True, help="folder for the task files (pass it to lmms-eval as --include_path)")
+    p.add_argument("--only", action="append", metavar="NAME", help="only this registry entry (repeatable; heed eval --list shows them)")
+    p.add_argument("--lmms-tasks-dir", help="lmms-eval's tasks folder (default: that of the lmms-eval installed in this Python)")
+    p.set_defaults(func=_cmd_lmms_tasks)
+    return p
+
 # %% ../nbs/21_cli.ipynb #be719f54
-SUBCOMMANDS = [_add_env, _add_reproduce, _add_train, _add_eval, _add_data, _add_plan]
+SUBCOMMANDS = [_add_env, _add_reproduce, _add_train, _add_eval, _add_lmms_tasks, _add_data, _add_plan]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heed", description="HEED: density-weighted residual alignment for hybrid VLM distillation")

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .stats import percentile_interval, stratified_bootstrap_means
+
 logger = logging.getLogger("heed.evaluate")
 
 # %% auto #0
@@ -408,28 +410,25 @@ def degradation_report(teacher, student, metric: str = "exact_match", tolerance:
     m = m.rename(columns={"category_t": "category"})
     cats = _ordered(m["category"])
     group_of = m.groupby("category")["group"].first().to_dict()
-    rng = np.random.default_rng(seed)
-    boot_t, boot_s, point_t, point_s, n = {}, {}, {}, {}, {}
-    for c in cats:
-        sub = m[m["category"] == c]
-        t_, s_ = sub[f"{metric}_t"].to_numpy(float), sub[f"{metric}_s"].to_numpy(float)
-        idx = rng.integers(0, len(sub), (n_boot, len(sub)))  # one draw for both models: a paired bootstrap
-        boot_t[c], boot_s[c] = t_[idx].mean(1), s_[idx].mean(1)
-        point_t[c], point_s[c], n[c] = t_.mean(), s_.mean(), len(sub)
+    scores = {c: m.loc[m["category"] == c, [f"{metric}_t", f"{metric}_s"]].to_numpy(float).T for c in cats}  # (2, n_c)
+    boot = stratified_bootstrap_means([scores[c] for c in cats], n_boot, seed)  # (n_boot, K, 2): one draw for both models
+    boot_t = {c: boot[:, k, 0] for k, c in enumerate(cats)}
+    boot_s = {c: boot[:, k, 1] for k, c in enumerate(cats)}
+    point_t, point_s = {c: v[0].mean() for c, v in scores.items()}, {c: v[1].mean() for c, v in scores.items()}
+    n = {c: v.shape[1] for c, v in scores.items()}
     levels = [(c, "category", [c]) for c in cats]
     groups = list(dict.fromkeys(group_of[c] for c in cats))
     if len(groups) > 1 or groups[0] not in cats: levels += [(g, "group", [c for c in cats if group_of[c] == g]) for g in groups]
     levels.append(("aggregate", "aggregate", cats))
-    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
     recs = []
     for name, level, members in levels:
         bt = np.mean([boot_t[c] for c in members], 0) * 100
         bs = np.mean([boot_s[c] for c in members], 0) * 100
         pt, ps = np.mean([point_t[c] for c in members]) * 100, np.mean([point_s[c] for c in members]) * 100
+        (t_lo, t_hi), (s_lo, s_hi), (g_lo, g_hi) = (percentile_interval(b, ci) for b in (bt, bs, bs - bt))
         recs.append(dict(name=name, level=level, group=group_of[members[0]] if level == "category" else name,
-                         n=sum(n[c] for c in members), teacher=pt, teacher_lo=np.percentile(bt, lo_q), teacher_hi=np.percentile(bt, hi_q),
-                         student=ps, student_lo=np.percentile(bs, lo_q), student_hi=np.percentile(bs, hi_q),
-                         gap=ps - pt, gap_lo=np.percentile(bs - bt, lo_q), gap_hi=np.percentile(bs - bt, hi_q)))
+                         n=sum(n[c] for c in members), teacher=pt, teacher_lo=t_lo, teacher_hi=t_hi,
+                         student=ps, student_lo=s_lo, student_hi=s_hi, gap=ps - pt, gap_lo=g_lo, gap_hi=g_hi))
     table = pd.DataFrame.from_records(recs).set_index("name")
     agg_gap = table.loc["aggregate", "gap"]
     within = abs(agg_gap) <= tolerance

@@ -6,14 +6,18 @@
 from __future__ import annotations
 
 import abc
+import json
 import logging
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Literal, Tuple, Union
 
 logger = logging.getLogger("heed.lmms")
 
 # %% auto #0
-__all__ = ['logger', 'LMMS_MODEL_ID', 'parse_model_args', 'HeedLMM', 'lmms_eval_manifest']
+__all__ = ['logger', 'LMMS_MODEL_ID', 'LMMS_TASK_CONFIGS', 'LOCAL_TAG', 'parse_model_args', 'loglikelihood_pairs', 'HeedLMM',
+           'lmms_eval_manifest', 'local_task_name', 'lmms_tasks_dir', 'local_dataset_fields', 'write_lmms_tasks']
 
 # %% ../nbs/13_lmms.ipynb #7c2451ea
 def _parse_arg(v: str):
@@ -95,6 +99,59 @@ except ImportError:  # the harness is optional; its model API is small enough to
         @property
         def world_size(self): return self._world_size
         def set_cache_hook(self, cache_hook) -> None: self.cache_hook = cache_hook
+
+# %% ../nbs/13_lmms.ipynb #938605d5
+def _plain(pair): return pair
+
+def _find_carrier():
+    "(wrap, why): how a (loss, is_greedy) pair must leave `loglikelihood` to reach `process_results` unchanged here."
+    try:
+        from lmms_eval.api.instance import unwrap_generation_output
+    except ImportError:  # no harness (the stand-in above), or one older than the result unwrapping: tuples arrive as they are
+        return _plain, "no unwrapping of results"
+    probe = (0.25, True)
+    if unwrap_generation_output(probe)[0] == probe: return _plain, "the harness keeps tuples"
+    # lmms-eval 0.7.3: unwrap_generation_output turns a (float, bool) tuple into str(tuple), but gives a GenerationResult's
+    # .text back untouched, whatever it holds: the pair rides in one.
+    from lmms_eval.api.instance import GenerationResult
+    if unwrap_generation_output(GenerationResult(text=probe))[0] == probe:
+        return (lambda pair: GenerationResult(text=pair)), "in a GenerationResult (lmms-eval 0.7.3 turns tuples into strings)"
+    return None, "the harness turns tuples and GenerationResult payloads into strings"
+
+_CARRIER = []
+
+def _harness_carrier():
+    "The wrapper for each (loss, is_greedy) pair under the harness of this process (found once); refuses when none works."
+    if not _CARRIER: _CARRIER.append(_find_carrier())
+    wrap, why = _CARRIER[0]
+    if wrap is None:
+        from importlib.metadata import version
+        raise RuntimeError(f"heed model: lmms-eval {version('lmms-eval')} would not hand loglikelihood results to its scorer intact "
+                           f"({why}); multiple-choice tasks cannot be scored with it. Use generate_until tasks, or lmms-eval 0.7.3")
+    return wrap
+
+def _refuse_response_cache(wrap, caller) -> None:
+    "Refuse lmms-eval 0.7.3's --use_cache for loglikelihood results (it strips them as text and re-reads them as strings)."
+    if wrap is _plain: return
+    f = caller
+    for _ in range(3):
+        if f is None: break
+        if f.f_globals.get("__name__") == "lmms_eval.caching.response_cache":
+            raise RuntimeError("heed model: lmms-eval's response cache (--use_cache) cannot hold loglikelihood results in lmms-eval "
+                               "0.7.3 (for any model: it checks them as text, and cached pairs come back as strings its scorer "
+                               "cannot unpack); run multiple-choice tasks without --use_cache")
+        f = f.f_back
+
+def loglikelihood_pairs(results) -> list[tuple[float, bool]]:
+    "`HeedLMM.loglikelihood` results as plain (loss, is_greedy) tuples, however they were wrapped for the harness."
+    out = []
+    for r in results:
+        pair = getattr(r, "text", r)
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"{r!r}: expected a (loss, is_greedy) pair or a GenerationResult holding one")
+        out.append((float(pair[0]), bool(pair[1])))
+    return out
+
 
 # %% ../nbs/13_lmms.ipynb #694ac855
 def _flatten_visuals(visuals, where: str) -> list:
@@ -181,9 +238,17 @@ class HeedLMM(LMMBase):
             i = j
         return out
 
-    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests) -> list:
         import torch
         from heed.benchmarks import encode_examples
+        carry = _harness_carrier()
+        _refuse_response_cache(carry, sys._getframe(1))
+        for r in requests:
+            if len(r.args) != 6:
+                raise NotImplementedError(
+                    f"task {getattr(r, 'task_name', None)!r}, doc {getattr(r, 'doc_id', None)}: a loglikelihood request "
+                    f"without a document ({len(r.args)} arguments); lmms-eval sends those for acc_mutual_info, which heed's adapter "
+                    "does not support (lmms-eval 0.7.3 also ranks them by argmax over losses, which inverts it)")
         res = []
         for s in range(0, len(requests), self.batch_size_per_gpu):
             chunk = [r.args for r in requests[s:s + self.batch_size_per_gpu]]
@@ -201,11 +266,13 @@ class HeedLMM(LMMBase):
             logp = torch.log_softmax(logits, -1)
             for b in range(len(exs)):
                 a, e = int(n_prompt[b]), int(lengths[b])
-                if e == a: res.append((0.0, True)); continue  # an empty continuation
-                tgt = batch["input_ids"][b, a:e]
-                lp = logp[b, a - 1:e - 1]  # position t predicts token t + 1
-                res.append((float(lp.gather(-1, tgt[:, None]).sum()), bool((lp.argmax(-1) == tgt).all())))
-                self.cache_hook.add_partial("loglikelihood", (chunk[b][0], conts[b]), res[-1])
+                if e == a: pair = (0.0, True)  # an empty continuation
+                else:
+                    tgt = batch["input_ids"][b, a:e]
+                    lp = logp[b, a - 1:e - 1]  # position t predicts token t + 1
+                    pair = (-float(lp.gather(-1, tgt[:, None]).sum()), bool((lp.argmax(-1) == tgt).all()))
+                self.cache_hook.add_partial("loglikelihood", (chunk[b][0], conts[b]), pair)
+                res.append(carry(pair))
         return res
 
     def generate_until_multi_round(self, requests) -> list[str]:
@@ -222,3 +289,87 @@ def lmms_eval_manifest():
         raise ImportError("heed.lmms.lmms_eval_manifest is called by lmms-eval (>= 0.6) when it loads model entry points; "
                           f"lmms-eval is not importable here ({e})") from None
     return ModelManifest(model_id=LMMS_MODEL_ID, simple_class_path="heed.lmms.HeedLMM")  # the importable path, not __module__
+
+# %% ../nbs/13_lmms.ipynb #0f7a7ce3
+LMMS_TASK_CONFIGS = {  # heed registry entry -> lmms-eval 0.7.3's task config for it, under lmms_eval/tasks/
+    "ocrbench": "ocrbench/ocrbench.yaml", "ocrbench_v2": "ocrbench_v2/ocrbench_v2.yaml", "docvqa_val": "docvqa/docvqa_val.yaml",
+    "chartqa": "chartqa/chartqa.yaml", "textvqa_val": "textvqa/textvqa_val.yaml", "infovqa_val": "infovqa/infovqa_val.yaml",
+    "ai2d": "ai2d/ai2d.yaml", "mmstar": "mmstar/mmstar.yaml",
+    "mmbench_en_dev": "mmbench/mmbench_en_dev_static.yaml",  # rule-based, no GPT judge (as heed eval scores it)
+    "mmmu_pro_standard": "mmmu_pro/mmmu_pro_standard.yaml", "mmmu_pro_vision": "mmmu_pro/mmmu_pro_vision.yaml",
+}
+LOCAL_TAG = "heed_local"
+
+def local_task_name(name: str) -> str: return f"{name}_local"
+
+def lmms_tasks_dir() -> Path:
+    "The task folder of the lmms-eval installed in this Python, found without importing the harness."
+    import importlib.util
+    spec = importlib.util.find_spec("lmms_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"lmms-eval is not installed in this Python ({sys.executable}); run `heed lmms-tasks` with the "
+                                "environment that runs lmms-eval (e.g. .venv-lmms/bin/heed after `make lmms-setup`), or pass --lmms-tasks-dir")
+    return Path(list(spec.submodule_search_locations)[0]) / "tasks"
+
+def _readme_configs(readme: Path) -> list:
+    "Config names a hub dataset README declares in its YAML header (empty when it declares none)."
+    import yaml
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---"): return []
+    head = yaml.safe_load(text.split("---", 2)[1]) or {}
+    return [c.get("config_name", "default") for c in head.get("configs") or []]
+
+def local_dataset_fields(name: str, data_dir) -> dict:
+    "dataset_path, dataset_name and dataset_kwargs that make lmms-eval read benchmark `name` from the copy `heed eval` reads."
+    from heed.benchmarks import BENCHMARKS, BenchmarkUnavailable, _parquet_files, how_to_get, local_candidates
+    if name not in BENCHMARKS: raise ValueError(f"unknown benchmark {name!r}; expected one of {list(BENCHMARKS)}")
+    b = BENCHMARKS[name]
+    tried = local_candidates(b, data_dir)
+    path = next((p for p in tried if p.exists()), None)
+    if path is None:
+        raise BenchmarkUnavailable(f"{b.title}: not found under {data_dir} (looked for {', '.join(map(str, tried))}); {how_to_get(b)}")
+    path = path.resolve()
+    files = lambda kind, fs: dict(dataset_path=kind, dataset_name=None, dataset_kwargs={"data_files": {b.split: fs}})
+    if path.is_file(): return files("parquet", [str(path)])
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        if b.split not in splits: raise BenchmarkUnavailable(f"{b.title}: {path} holds splits {splits}, not {b.split!r}")
+        return dict(dataset_path=str(path), dataset_name=None, dataset_kwargs={"load_from_disk": True})
+    if (path / "state.json").is_file():  # one split saved on its own: its arrow files, under the split's name
+        return files("arrow", [str(p) for p in sorted(path.glob("*.arrow"))])
+    if (path / "README.md").is_file():  # a hub snapshot: its README maps configs and splits to files, as on the hub
+        configs = _readme_configs(path / "README.md")
+        if b.config and configs and b.config not in configs:  # e.g. InfoVQA's config missing from a DocVQA-only copy
+            raise BenchmarkUnavailable(f"{b.title}: {path} holds configs {configs}, not {b.config!r}")
+        return dict(dataset_path=str(path), dataset_name=b.config, dataset_kwargs={})
+    pq = _parquet_files(path)
+    if not pq: raise BenchmarkUnavailable(f"{b.title}: {path} holds no parquet files, dataset_dict.json or README.md")
+    return files("parquet", pq)
+
+def write_lmms_tasks(data_dir, out, only=None, tasks_dir=None) -> dict:
+    """Write `<name>_local.yaml` into `out` for every registry entry (or the `only` ones) with a local copy under `data_dir`.
+
+    Returns {name: path written, or the reason it was not}. Entries named in `only` must have a copy; others are skipped
+    with the reason when missing."""
+    import yaml
+    from heed.benchmarks import BenchmarkUnavailable, resolve_names
+    from heed.train import write_text_atomic
+    tasks_dir = Path(tasks_dir) if tasks_dir else lmms_tasks_dir()
+    names = resolve_names("all", only)
+    out, res = Path(out), {}
+    for n in names:
+        src = (tasks_dir / LMMS_TASK_CONFIGS[n]).resolve()
+        if not src.is_file():
+            raise FileNotFoundError(f"{src}: lmms-eval's task config for {n} is not there; expected the task folder of lmms-eval 0.7.x")
+        try: fields = local_dataset_fields(n, data_dir)
+        except BenchmarkUnavailable as e:
+            if only: raise
+            res[n] = f"skipped: {e}"
+            continue
+        cfg = {"include": str(src), "task": local_task_name(n), "tag": LOCAL_TAG, **fields}
+        head = (f"# Written by `heed lmms-tasks`: lmms-eval's {LMMS_TASK_CONFIGS[n]} reading the local copy heed eval reads.\n"
+                f"# Run with: lmms-eval --model heed ... --include_path {out} --tasks {local_task_name(n)}\n")
+        write_text_atomic(out / f"{local_task_name(n)}.yaml", head + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        res[n] = out / f"{local_task_name(n)}.yaml"
+    return res
+

@@ -15,12 +15,13 @@ import torch
 
 from .align import capture_residuals, decoder_parts, mamba_layers_of
 from .density import DEFAULT_METHOD, METHODS, vision_features, visual_token_density
+from .stats import bootstrap_mean, percentile_interval, resample_counts
 
 # %% auto #0
 __all__ = ['VisualTokens', 'visual_tokens', 'token_density', 'density_deciles', 'by_decile', 'top_bottom_ratio', 'residual_drift',
-           'answer_logprob', 'ImageFeatures', 'image_features', 'encoder_outputs', 'masking_contribution', 'spearman',
-           'answer_region', 'region_auc', 'top_decile_precision', 'Attribution', 'layer_attribution', 'region_share',
-           'bootstrap_mean', 'spatial_attribution_loss', 'top_fraction_region', 'trained_models']
+           'answer_logprob', 'ImageFeatures', 'image_features', 'encoder_outputs', 'masking_contribution',
+           'answer_region', 'top_decile_precision', 'Attribution', 'layer_attribution', 'region_share',
+           'spatial_attribution_loss', 'top_fraction_region', 'trained_models']
 
 # %% ../nbs/10_probe.ipynb #52efdf6d
 @dataclass
@@ -104,13 +105,10 @@ def top_bottom_ratio(values, density, groups=None, n_bins: int = 10, n_boot: int
     sums = lambda m: (np.bincount(g, weights=v * m, minlength=G), np.bincount(g, weights=m.astype(float), minlength=G))
     (st, ct), (sb, cb) = sums(top), sums(bot)
     ratio = (st.sum() / ct.sum()) / (sb.sum() / cb.sum())
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, G, G), minlength=G) for _ in range(n_boot)]).astype(float)  # (n_boot, G)
+    counts = resample_counts(G, n_boot, seed)   # (n_boot, G): how often each image is drawn
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = (counts @ st / (counts @ ct)) / (counts @ sb / (counts @ cb))
-    boot = boot[np.isfinite(boot)]
-    a = (1 - ci) / 2
-    lo, hi = (np.quantile(boot, [a, 1 - a]) if len(boot) else (math.nan, math.nan))
+    lo, hi = percentile_interval(boot, ci)       # a resample with an empty bin has no ratio: left out
     return dict(ratio=float(ratio), lo=float(lo), hi=float(hi), top=float(st.sum() / ct.sum()), bottom=float(sb.sum() / cb.sum()),
                 deciles=by_decile(v, density, n_bins, seed), n_groups=G)
 
@@ -212,33 +210,6 @@ def masking_contribution(model, batch: Mapping, fill: str = "mean", chunk: int =
     return out
 
 # %% ../nbs/10_probe.ipynb #6f4d1eb8
-def _ranks(x: np.ndarray) -> np.ndarray:
-    "Average ranks (ties share their mean rank)."
-    u, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
-    start = np.cumsum(cnt) - cnt
-    return (start + (cnt - 1) / 2)[inv]
-
-def spearman(x, y, groups=None, n_boot: int = 0, ci: float = 0.95, seed: int = 0) -> dict:
-    "Spearman rank correlation of x and y (N,) → {'rho', 'lo', 'hi'}; interval by bootstrap over `groups` when n_boot > 0."
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64).reshape(-1)
-    y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y, dtype=np.float64).reshape(-1)
-    if len(x) != len(y): raise ValueError(f"x has {len(x)} values, y has {len(y)}")
-    def rho(ix):
-        a, b = _ranks(x[ix]), _ranks(y[ix])
-        a, b = a - a.mean(), b - b.mean()
-        den = math.sqrt((a * a).sum() * (b * b).sum())
-        return float((a * b).sum() / den) if den > 0 else math.nan
-    r = rho(np.arange(len(x)))
-    if n_boot <= 0: return dict(rho=r, lo=math.nan, hi=math.nan)
-    g = np.arange(len(x)) if groups is None else np.unique(np.asarray(groups).reshape(-1), return_inverse=True)[1]
-    members = [np.flatnonzero(g == k) for k in range(int(g.max()) + 1)]
-    rng = np.random.default_rng(seed)
-    boot = np.array([rho(np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])) for _ in range(n_boot)])
-    boot = boot[np.isfinite(boot)]
-    a = (1 - ci) / 2
-    lo, hi = np.quantile(boot, [a, 1 - a]) if len(boot) else (math.nan, math.nan)
-    return dict(rho=r, lo=float(lo), hi=float(hi))
-
 def answer_region(boxes, grid: tuple, token_px: int = 32, scale: float = 1.0) -> np.ndarray:
     "Which tokens of a (rows, cols) grid overlap any box [x0, y0, x1, y1) (image pixels × scale) → (rows·cols,) bool."
     R, C = grid
@@ -250,14 +221,6 @@ def answer_region(boxes, grid: tuple, token_px: int = 32, scale: float = 1.0) ->
         oy = (np.minimum(by1, y0 + token_px) - np.maximum(by0, y0)) > 0
         hit |= oy[:, None] & ox[None, :]
     return hit.reshape(-1)
-
-def region_auc(scores, region) -> float:
-    "ROC AUC of `scores` for the boolean `region` (ties count half); NaN without both classes."
-    s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64).reshape(-1)
-    m = np.asarray(region, bool).reshape(-1)
-    n1, n0 = m.sum(), (~m).sum()
-    if not n1 or not n0: return math.nan
-    return float((_ranks(s)[m].sum() - n1 * (n1 - 1) / 2) / (n1 * n0))
 
 def top_decile_precision(scores, region, seed: int = 0) -> float:
     "Fraction of the top-decile tokens by `scores` that lie in `region` (ties broken as in density_deciles)."
@@ -328,22 +291,12 @@ def region_share(visual_attr, region, tokens: VisualTokens) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(tot > 0, on / tot, np.nan)
 
-def bootstrap_mean(values, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
-    "Mean of `values` (NaNs dropped) with a percentile bootstrap interval → {'mean', 'lo', 'hi', 'n'}."
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    v = v[np.isfinite(v)]
-    if not len(v): return dict(mean=math.nan, lo=math.nan, hi=math.nan, n=0)
-    rng = np.random.default_rng(seed)
-    boot = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(1)
-    a = (1 - ci) / 2
-    lo, hi = np.quantile(boot, [a, 1 - a])
-    return dict(mean=float(v.mean()), lo=float(lo), hi=float(hi), n=int(len(v)))
-
 def spatial_attribution_loss(teacher_attr, student_attr, region, tokens: VisualTokens, n_boot: int = 2000, seed: int = 0) -> dict:
     "Teacher's region share − student's, per image and summarised: {'per_image', 'mean', 'lo', 'hi', 'n', 'teacher_share', 'student_share'}."
     st, ss = region_share(teacher_attr, region, tokens), region_share(student_attr, region, tokens)
     per = st - ss
-    return dict(per_image=per, **bootstrap_mean(per, n_boot, seed=seed), teacher_share=float(np.nanmean(st)), student_share=float(np.nanmean(ss)))
+    b = bootstrap_mean(per, n_boot, seed=seed, nan_policy="omit")   # NaN: an image with no attribution at all, left out
+    return dict(per_image=per, mean=b.estimate, lo=b.lo, hi=b.hi, n=b.n, teacher_share=float(np.nanmean(st)), student_share=float(np.nanmean(ss)))
 
 def top_fraction_region(values, tokens: VisualTokens, fraction: float = 0.1) -> np.ndarray:
     "Per image, its ceil(fraction · n_tokens) highest-valued tokens → (N,) bool."

@@ -18,11 +18,11 @@ from .train import (_PROFILE_SCALE, TEACHER_WORLD, Job, TrainConfig, _read_jsonl
                         synth_splits, train)
 
 # %% auto #0
-__all__ = ['AUX_LOSSES', 'WORLD_V1', 'TEACHER_RECIPE', 'AuxHeads', 'glyph_loss', 'centre_loss', 'TeacherWithHeads', 'teacher_job',
-           'train_teacher', 'assemble_teacher']
+__all__ = ['AUX_LOSSES', 'WORLD_V1', 'TEACHER_RECIPE', 'AuxHeads', 'reading_layer', 'glyph_loss', 'centre_loss',
+           'TeacherWithHeads', 'teacher_job', 'train_teacher', 'assemble_teacher']
 
 # %% ../nbs/09a_recipe.ipynb #ea0ed0ef
-AUX_LOSSES = ("glyph", "scene_cell", "scene_colour", "scene_centre", "ground")
+AUX_LOSSES = ("glyph", "scene_cell", "scene_colour", "scene_centre", "ground", "decoder_glyph")
 
 class AuxHeads(torch.nn.Module):
     "Teacher-only heads on the merged visual tokens: glyph per sub-patch, and the shape of each merged cell."
@@ -38,6 +38,14 @@ class AuxHeads(torch.nn.Module):
         # text side: the centre of each shape a question names, read from the decoder's middle layer at that word
         self.ground = torch.nn.Linear(text_dim or dim, 2)
         torch.nn.init.zeros_(self.ground.weight); torch.nn.init.constant_(self.ground.bias, 0.5)
+        # decoder side of reading: the glyphs under each visual token, read from the residual stream inside the decoder
+        self.decoder_glyph = torch.nn.Linear(text_dim or dim, merge * merge * (n_glyphs + 1))
+
+def reading_layer(n_layers: int) -> int:
+    "Index into `hidden_states` of the residual entering the first attention layer that a 3:1 student keeps."
+    from heed.hybrid import resolve_layout
+    attn, _ = resolve_layout(n_layers)
+    return min(attn)
 
 def glyph_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     "logits (N, C), targets (N,) with 0 = empty: mean CE over glyph slots + mean CE over empty slots."
@@ -62,7 +70,8 @@ class TeacherWithHeads(torch.nn.Module):
         feats = []
         hook = self.model.model.visual.merger.register_forward_hook(lambda m, a, o: feats.append(o)) if self.heads else None
         ground = self.heads is not None and bool(self.aux.get("ground"))
-        try: out = self.model(**inputs, output_hidden_states=ground)
+        dglyph = self.heads is not None and bool(self.aux.get("decoder_glyph"))
+        try: out = self.model(**inputs, output_hidden_states=ground or dglyph)
         finally:
             if hook: hook.remove()
         terms = {"ce": out.loss}
@@ -88,6 +97,11 @@ class TeacherWithHeads(torch.nn.Module):
                 picked = h.gather(1, idx.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))  # (B, K, text_dim)
                 tgt = batch["ground_targets"].to(h.device).masked_fill((idx < 0)[..., None], -1.0)
                 terms["ground"] = self.aux["ground"] * centre_loss(self.heads.ground(picked).reshape(-1, 2), tgt.reshape(-1, 2))
+            if dglyph:  # the residual entering the first attention layer a 3:1 student keeps: the replaced layers must read
+                h = out.hidden_states[reading_layer(self.model.config.text_config.num_hidden_layers)]
+                vis = inputs["mm_token_type_ids"].to(h.device).bool()
+                g = self.heads.decoder_glyph(h[vis]).view(-1, self.heads.n_glyphs + 1)
+                terms["decoder_glyph"] = self.aux["decoder_glyph"] * glyph_loss(g, batch["glyph_targets"].reshape(-1).to(g.device))
         return terms
 
 # %% ../nbs/09a_recipe.ipynb #98a2895f
@@ -116,6 +130,8 @@ def teacher_job(cfg: TrainConfig, device) -> Job:
         if saved is not None and saved.is_file():  # heads a recipe adds later start fresh; the others continue
             _, unexpected = heads.load_state_dict(torch.load(saved, map_location=device, weights_only=True), strict=False)
             if unexpected: raise ValueError(f"{saved}: unexpected auxiliary head weights {unexpected}")
+        for name, head in heads.named_children():  # a head this stage does not train gets no gradient: keep it out of
+            head.requires_grad_(name in aux)         # the optimiser (and out of DDP's unused-parameter check)
     splits = synth_splits(cfg)
     def save(m, folder):
         save_teacher(m.model, t.processor, folder)

@@ -15,9 +15,9 @@ from pathlib import Path
 from .env import data_dir, figures_dir, home_dir
 
 # %% auto #0
-__all__ = ['PROFILES', 'DEFAULT_PROFILE', 'REQUIRED_PARAMETERS', 'check_profile', 'default_fig_dir', 'default_run_dir',
-           'resolve_dirs', 'experiments_dir', 'experiment_notebooks', 'NotebookFailed', 'NotebookRun', 'run_notebook',
-           'reproduce']
+__all__ = ['PROFILES', 'DEFAULT_PROFILE', 'REQUIRED_PARAMETERS', 'STUDENT_SEEDS', 'EXPERIMENT_SIZES', 'check_profile',
+           'default_fig_dir', 'default_run_dir', 'resolve_dirs', 'experiments_dir', 'experiment_notebooks',
+           'experiment_sizes', 'NotebookFailed', 'NotebookRun', 'run_notebook', 'reproduce']
 
 # %% ../nbs/20_reproduce.ipynb #8ef8a1f7
 PROFILES = ("smoke", "small", "full")
@@ -65,6 +65,56 @@ def experiment_notebooks(nb_dir=None, only=None) -> list[Path]:
             raise ValueError(f"no experiment notebook named {name!r}; available: {', '.join(p.stem for p in nbs)}")
         picked += [p for p in hits if p not in picked]
     return sorted(picked)
+
+# %% ../nbs/20_reproduce.ipynb #aba28936
+#: Student seeds per profile: trained by 50_uniform_vs_heed, probed by 60_drift_masking and 62_attribution.
+STUDENT_SEEDS = {"smoke": [0], "small": [0, 1, 2], "full": [0, 1, 2, 3, 4]}
+
+EXPERIMENT_SIZES = {
+    "smoke": {
+        "synth_examples": dict(per_category=2, stats_examples=70),
+        "density_maps": dict(synthetic_seeds=1, dpi=50, all_images=False),
+        "teacher": dict(test_examples=32),
+        "premise": dict(examples=8),
+        "uniform_vs_heed": dict(seeds=STUDENT_SEEDS["smoke"], align_steps=2, distill_steps=2, distill_lr=1e-3, batch_size=4,
+                                test_examples=16, n_train=32),
+        "drift_masking": dict(seeds=STUDENT_SEEDS["smoke"], probe_examples=16),
+        "proxy_comparison": dict(probe_examples=16),
+        "attribution": dict(seeds=STUDENT_SEEDS["smoke"], ig_examples=4, gxa_examples=8, ig_steps=8, all_layers=False),
+    },
+    "small": {
+        "synth_examples": dict(per_category=5, stats_examples=700),
+        "density_maps": dict(synthetic_seeds=4, dpi=100, all_images=True),
+        "teacher": dict(test_examples=1024),
+        "premise": dict(examples=512),
+        # align 200 + distill 1,000 at lr 1e-3: chosen by measurement in 50_uniform_vs_heed (see its introduction)
+        "uniform_vs_heed": dict(seeds=STUDENT_SEEDS["small"], align_steps=200, distill_steps=1000, distill_lr=1e-3, batch_size=16,
+                                test_examples=512, n_train=None),
+        "drift_masking": dict(seeds=STUDENT_SEEDS["small"], probe_examples=1024),
+        "proxy_comparison": dict(probe_examples=1024),
+        "attribution": dict(seeds=STUDENT_SEEDS["small"], ig_examples=48, gxa_examples=192, ig_steps=32, all_layers=True),
+    },
+    "full": {
+        "synth_examples": dict(per_category=8, stats_examples=3500),
+        "density_maps": dict(synthetic_seeds=12, dpi=130, all_images=True),
+        "teacher": dict(test_examples=4096),
+        "premise": dict(examples=2048),
+        "uniform_vs_heed": dict(seeds=STUDENT_SEEDS["full"], align_steps=300, distill_steps=3000, distill_lr=1e-3, batch_size=32,
+                                test_examples=2048, n_train=None),
+        "drift_masking": dict(seeds=STUDENT_SEEDS["full"], probe_examples=4096),
+        "proxy_comparison": dict(probe_examples=4096),
+        "attribution": dict(seeds=STUDENT_SEEDS["full"], ig_examples=256, gxa_examples=1024, ig_steps=32, all_layers=True),
+    },
+}
+
+def experiment_sizes(experiment: str, profile: str) -> dict:
+    """The sizes `experiment` (a notebook's name without its number, e.g. 'uniform_vs_heed') runs at under `profile`.
+
+    n_train None means the teacher's own world sizes. Returns a copy: a notebook may change it without touching the table."""
+    sizes = EXPERIMENT_SIZES[check_profile(profile)]
+    if experiment not in sizes:
+        raise ValueError(f"no sizes for experiment {experiment!r}; experiments with sizes: {', '.join(sizes)}")
+    return json.loads(json.dumps(sizes[experiment]))
 
 # %% ../nbs/20_reproduce.ipynb #1a9491e1
 class NotebookFailed(RuntimeError):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from .align import WEIGHTINGS, StepLosses, distillation_losses
+from .align import ALIGNMENTS, WEIGHTINGS, StepLosses, distillation_losses
 from .density import DensitySettings
 from .env import home_path, replace_dir_atomic, write_text_atomic
 
@@ -66,10 +66,11 @@ class TrainConfig:
     mixed_precision: str = "auto"          # auto (bf16 on CUDA, none on CPU) | no | bf16
     seed: int = 0
     # losses
-    align_weight: float = 1.0
+    align_weight: float = 1.0              # 0 with job=distill: end-to-end KD only (no alignment term is computed)
     kd_weight: float = 1.0
     kd_temperature: float = 1.0
     align_layers: list | None = None       # None: the student's Mamba layers
+    alignment: str = "global"              # global: the student's own residual stream | local: each layer fed the teacher's input
     text_weight: float = 1.0               # HEED weight of non-visual tokens
     density_method: str | None = None      # None: heed.density's default proxy
     density_sharpness: float = 1.0
@@ -86,12 +87,13 @@ class TrainConfig:
 FINGERPRINT_FIELDS = ("job", "teacher", "init", "weighting", "data", "dataset", "heldout", "max_tokens", "min_pixels", "max_pixels",
                       "max_length", "batch_size", "grad_accum", "lr", "weight_decay",
                       "betas", "warmup_steps", "min_lr_ratio", "align_weight", "kd_weight", "kd_temperature",
-                      "align_layers", "text_weight", "density_method", "density_sharpness", "density_floor",
+                      "align_layers", "alignment", "text_weight", "density_method", "density_sharpness", "density_floor",
                       "aux", "model", "student", "seed")
 
 # %% ../nbs/09_train.ipynb #934f4f81
 def _check(cfg: TrainConfig) -> TrainConfig:
     if cfg.job not in JOBS: raise ValueError(f"job={cfg.job!r}: expected one of {JOBS}")
+    if cfg.alignment not in ALIGNMENTS: raise ValueError(f"alignment={cfg.alignment!r}: expected one of {ALIGNMENTS}")
     if cfg.weighting not in WEIGHTINGS: raise ValueError(f"weighting={cfg.weighting!r}: expected one of {WEIGHTINGS}")
     if cfg.mixed_precision not in ("auto", "no", "bf16"):
         raise ValueError(f"mixed_precision={cfg.mixed_precision!r}: expected auto, no or bf16")
@@ -657,11 +659,11 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
     def step_losses(module, batch) -> StepLosses:
         return distillation_losses(student, teacher, model_inputs(batch), batch["labels"], terms=terms, weighting=cfg.weighting,
                                    density=density, layers=layers, temperature=cfg.kd_temperature, term_weights=term_weights,
-                                   forward=module)
+                                   forward=module, alignment=cfg.alignment)
 
     def save(m, folder):
         folder = Path(folder); m.save_pretrained(folder); processor.save_pretrained(folder)
-    what = f"{cfg.job}: student with Mamba layers {mamba}, aligned layers {layers}, terms {terms}, weighting {cfg.weighting}"
+    what = f"{cfg.job}: student with Mamba layers {mamba}, aligned layers {layers}, terms {terms}, weighting {cfg.weighting}, {cfg.alignment} alignment"
     if cfg.dataset is None:  # HEED-Synth, one image and one question per row: the committed experiments' path
         splits = synth_splits(cfg)
         return Job(student, splits["train"], AnswerCollator(processor), lambda m, b: step_losses(m, b).terms, save,

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from heed.evaluate import (ScriptedModel, anls, degradation_report, evaluate, exact_match, extract_option, levenshtein,
                            ocrbench_match, relaxed_accuracy, vqa_accuracy, vqa_normalize)
+from heed.hybrid import hybridize
 from heed.synth import CATEGORY_GROUPS, make_synth
 from heed.teacher import build_toy_teacher
 
@@ -140,9 +141,8 @@ def test_report_rejects_mismatched_inputs():
 
 def test_evaluate_runs_the_hybrid_student_through_the_same_loop(world):
     """Any model with the Qwen3-VL interface: the hybridized toy teacher generates through evaluate unchanged."""
-    hybrid = pytest.importorskip("heed.hybrid")
     model, proc = build_toy_teacher(seed=1)
-    student = hybrid.hybridize(model)
+    student = hybridize(model)
     r1 = evaluate(student, proc, world, batch_size=14, max_new_tokens=4)
     r2 = evaluate(student, proc, world, batch_size=4, max_new_tokens=4)
     assert r1.examples["prediction"].tolist() == r2.examples["prediction"].tolist()

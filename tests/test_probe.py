@@ -11,8 +11,8 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDe
 
 from heed.hybrid import hybridize
 from heed.probe import (answer_logprob, by_decile, density_deciles, encoder_outputs, image_features, layer_attribution,
-                        masking_contribution, region_auc, residual_drift, spatial_attribution_loss, spearman,
-                        top_bottom_ratio, trained_models, visual_tokens)
+                        masking_contribution, residual_drift, spatial_attribution_loss, top_bottom_ratio, trained_models,
+                        visual_tokens)
 from heed.synth import SynthConfig, make_example
 from heed.teacher import AnswerCollator, build_toy_teacher
 
@@ -57,16 +57,6 @@ def test_deciles_tie_breaking_is_seeded_and_fair():
     assert (a[70:] >= 7).all()                     # every non-zero density is above every zero
     assert not (density_deciles(d, seed=4) == a).all()
     np.testing.assert_allclose(by_decile(d, d)[7:], [d[a == k].mean() for k in (7, 8, 9)])
-
-
-def test_spearman_and_auc_against_definitions():
-    rng = np.random.default_rng(0)
-    x, y = rng.random(50), rng.random(50)
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    assert spearman(x, y)["rho"] == pytest.approx(np.corrcoef(rx, ry)[0, 1])
-    m = rng.random(50) > 0.7
-    pairs = np.mean([[float(a > b) + 0.5 * float(a == b) for b in x[~m]] for a in x[m]])
-    assert region_auc(x, m) == pytest.approx(pairs)
 
 
 # ---------------------------------------------------------------- a constructed model for masking
