@@ -286,6 +286,13 @@ class Conversations:
 
     def __iter__(self):
         if self.indices is not None: yield from (self[i] for i in range(len(self)))
+        elif self.streaming and hasattr(self.rows, "iter"):
+            # batches through `.iter`: iterating a datasets stream inside a DataLoader worker would give that worker only
+            # its share of the files, and every worker here reads the whole stream (StepStream picks its steps from it)
+            k = 0
+            for b in self.rows.iter(batch_size=64):
+                for j in range(len(next(iter(b.values())))):
+                    yield self.convert({c: v[j] for c, v in b.items()}, k); k += 1
         else: yield from (self.convert(rec, k) for k, rec in enumerate(self.rows))
 
     def subset(self, indices) -> "Conversations":

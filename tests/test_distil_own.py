@@ -70,6 +70,17 @@ def test_resume_is_exact_and_workers_do_not_change_the_curve(world):
     assert json.loads((t / "r-full" / "result.json").read_text())["skipped"] == len(skipped)
 
 
+def test_streamed_data_resumes_exactly_with_workers(world):
+    t, ck, sets = world
+    stream = {"path": str(sets["llava-jsonl"]), "streaming": True}
+    base = {**FAST, "job": "align", "teacher": str(ck), "dataset": stream, "steps": 4, "eval_examples": 0}
+    curve = lambda run: [(r["step"], r["loss"]) for r in _records(run) if "loss" in r]
+    train(load_config({**base, "output_dir": str(t / "s-full")}), progress=False)
+    train(load_config({**base, "output_dir": str(t / "s-part"), "num_workers": 2}), max_steps=2, progress=False)
+    train(load_config({**base, "output_dir": str(t / "s-part"), "num_workers": 2, "resume": True}), progress=False)
+    assert curve(t / "s-part") == curve(t / "s-full") and len(curve(t / "s-full")) == 4
+
+
 def test_an_evaluator_that_fails_does_not_cost_the_model(world):
     from heed.train import build_job
     t, ck, sets = world
