@@ -471,7 +471,7 @@ def load_teacher(path, device=None, dtype=None, max_length: int | None = None) -
     return Teacher(model.eval(), processor)
 
 # %% ../nbs/07_teacher.ipynb #f15b8147
-def load_model(path, device=None):
+def load_model(path, device=None, dtype=None):
     """A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor). A relative path is
     taken as typed when it exists from the working directory, else relative to the project root."""
     from transformers import AutoConfig
@@ -481,7 +481,7 @@ def load_model(path, device=None):
     cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     if getattr(getattr(cfg, "text_config", None), "mamba_layers", None):
         from heed.hybrid import Qwen3VLHybridForConditionalGeneration
-        model = Qwen3VLHybridForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        model = Qwen3VLHybridForConditionalGeneration.from_pretrained(path, local_files_only=True, **({"dtype": dtype} if dtype else {}))
         return model.to(device or "cpu").eval(), VLProcessor.from_pretrained(path)
-    t = load_teacher(path, device=device)
+    t = load_teacher(path, device=device, dtype=dtype)
     return t.model, t.processor

@@ -626,7 +626,8 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
     from heed.teacher import AnswerCollator, load_model, model_inputs
     teacher = processor = None
     if cfg.teacher:
-        teacher, processor = load_model(cfg.teacher, device)
+        # under bf16 the frozen teacher is held in bf16 (half the memory; heed.plan counts it so); the student's weights stay float32
+        teacher, processor = load_model(cfg.teacher, device, dtype=torch.bfloat16 if _precision(cfg) == "bf16" else None)
         if getattr(teacher.config.text_config, "mamba_layers", None):
             raise ValueError(f"teacher={cfg.teacher!r} is a hybrid student (mamba_layers set); expected a transformer teacher")
         teacher.requires_grad_(False).eval()
@@ -636,7 +637,7 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
         student, sp = load_model(cfg.init, device)
         processor = processor or sp
     elif teacher is not None:
-        student = hybridize(teacher, **cfg.student)  # a deep copy: the teacher stays intact
+        student = hybridize(teacher, **cfg.student).float()  # a deep copy (float32 master weights): the teacher stays intact
     else:
         raise ValueError(f"job {cfg.job!r} needs init=STUDENT_DIR or teacher=TEACHER_DIR")
     if teacher is not None: check_pair(teacher, student)
