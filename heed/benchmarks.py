@@ -33,9 +33,9 @@ __all__ = ['logger', 'OCRBENCH_V2_CAPABILITIES', 'OCRBENCH_V2_TYPE_TO_CAPABILITY
            'aggregate_mean', 'aggregate_ocrbench_v2', 'aggregate_mmstar', 'aggregate_mmbench', 'aggregate_mmmu_pro',
            'Benchmark', 'BenchmarkUnavailable', 'hub_offline', 'hub_reachable', 'how_to_get', 'local_candidates',
            'content_key', 'load_benchmark', 'ImageRef', 'cap_pixels', 'checkpoint_max_pixels', 'open_images',
-           'unrunnable', 'load_examples', 'chat_prompt', 'encode_examples', 'generate_replies', 'read_log',
-           'model_predictor', 'predict_or_skip', 'run_benchmark', 'score_records', 'SuiteResult', 'resolve_names',
-           'check_resume', 'evaluate_suite', 'eval_out_dir', 'compare_runs']
+           'unrunnable', 'load_examples', 'chat_messages', 'chat_prompt', 'encode_examples', 'generate_replies',
+           'read_log', 'model_predictor', 'predict_or_skip', 'run_benchmark', 'score_records', 'SuiteResult',
+           'resolve_names', 'check_resume', 'evaluate_suite', 'eval_out_dir', 'compare_runs']
 
 # %% ../nbs/12_benchmarks.ipynb #99283a78
 @dataclass
@@ -646,13 +646,20 @@ def load_examples(name: str, data_dir=None, limit: int | None = None, lazy: bool
     return out
 
 # %% ../nbs/12_benchmarks.ipynb #44c8bbc4
-def chat_prompt(text: str, image_tokens: Sequence[int]) -> str:
-    "The Qwen3-VL user turn with one vision block per image (`image_tokens[k]` pads each), ending where the reply starts."
-    vis = "".join(f"<|vision_start|>{'<|image_pad|>' * n}<|vision_end|>" for n in image_tokens)
-    return f"<|im_start|>user\n{vis}{text}<|im_end|>\n<|im_start|>assistant\n"
+def chat_messages(ex: Example) -> list[dict]:
+    "The example as one user turn for a chat template: its images first, then its prompt text (as the harnesses place them)."
+    return [{"role": "user", "content": [{"type": "image"} for _ in ex.images] + [{"type": "text", "text": ex.prompt}]}]
+
+def chat_prompt(processor, text: str, image_tokens: Sequence[int]) -> str:
+    "The rendered user turn (the processor's chat template) with one vision block per image, `image_tokens[k]` pads each, ending where the reply starts."
+    from heed.teacher import IMAGE_PAD
+    pieces = processor.render(chat_messages(Example("", [None] * len(image_tokens), text, text, [])), True).split(IMAGE_PAD)
+    if len(pieces) != len(image_tokens) + 1:
+        raise ValueError(f"the chat template rendered {len(pieces) - 1} image placeholders for {len(image_tokens)} images")
+    return pieces[0] + "".join(IMAGE_PAD * n + p for n, p in zip(image_tokens, pieces[1:]))
 
 def encode_examples(processor, examples: Sequence[Example], padding_side: str = "left", continuations: Sequence[str] | None = None) -> dict:
-    """Left-padded model inputs for B examples with any number of images each.
+    """Left-padded model inputs for B examples with any number of images each, rendered with the processor's chat template.
 
     Returns input_ids, attention_mask, mm_token_type_ids: (B, L); pixel_values: (patches, dim) and image_grid_thw: (images, 3)
     when there are images. With `continuations`, each is appended after the prompt and `n_prompt` (B,) gives the prompt lengths."""
@@ -663,31 +670,29 @@ def encode_examples(processor, examples: Sequence[Example], padding_side: str = 
         if any(t in ex.prompt for t in SPECIAL_TOKENS): raise ValueError(f"example {ex.id}: prompt contains a special token")
         for im in ex.images:
             if im is None: raise ValueError(f"example {ex.id}: an image is missing")
-            imgs.append(im.convert("RGB"))
+            imgs.append(processor._image(im, ex.id))
         counts.append(len(ex.images))
     vis = processor.image_processor(images=imgs, return_tensors="pt") if imgs else {}
-    per_image = (vis["image_grid_thw"].prod(-1) // processor.merge ** 2).tolist() if imgs else []
-    seqs, n_prompt, k = [], [], 0
+    rows = torch.cat([torch.zeros(1, dtype=torch.long), vis["image_grid_thw"].prod(-1).cumsum(0)]) if imgs else None
+    enc, n_prompt, k = [], [], 0
     for b, ex in enumerate(examples):
-        ids = processor.tokenizer(chat_prompt(ex.prompt, per_image[k:k + counts[b]]), add_special_tokens=False).input_ids
+        one = (dict(pixel_values=vis["pixel_values"][rows[k]:rows[k + counts[b]]], image_grid_thw=vis["image_grid_thw"][k:k + counts[b]])
+               if counts[b] else None)
+        e = processor.encode_conversation(chat_messages(ex), imgs[k:k + counts[b]], ex.id, add_generation_prompt=True,
+                                          check_length=False, vision=one)
         k += counts[b]
-        n_prompt.append(len(ids))
+        n_prompt.append(len(e.input_ids))
         if continuations is not None:
-            ids = ids + processor.tokenizer(continuations[b], add_special_tokens=False).input_ids
-        if len(ids) > processor.max_length:
-            raise ValueError(f"example {ex.id}: {len(ids)} tokens exceed the processor's max_length={processor.max_length} "
-                             f"({counts[b]} images, {sum(per_image[k - counts[b]:k])} image tokens)")
-        seqs.append(ids)
-    L = max(map(len, seqs))
-    input_ids = torch.full((len(seqs), L), processor.pad_token_id, dtype=torch.long)
-    attn = torch.zeros_like(input_ids)
-    for b, s in enumerate(seqs):
-        sl = slice(L - len(s), L) if padding_side == "left" else slice(0, len(s))
-        input_ids[b, sl], attn[b, sl] = torch.tensor(s), 1
-    out = dict(input_ids=input_ids, attention_mask=attn, mm_token_type_ids=(input_ids == processor.image_token_id).long() * attn)
-    if imgs: out.update(pixel_values=vis["pixel_values"], image_grid_thw=vis["image_grid_thw"])
+            ids = e.input_ids + processor.tokenizer(continuations[b], add_special_tokens=False).input_ids
+            e = e._replace(input_ids=ids, labels=[-100] * len(ids))
+        if len(e.input_ids) > processor.max_length:
+            raise ValueError(f"example {ex.id}: {len(e.input_ids)} tokens exceed the processor's max_length={processor.max_length} "
+                             f"({counts[b]} images, {sum(e.image_tokens)} image tokens)")
+        enc.append(e)
+    out = processor.collate(enc, padding_side, with_labels=False)
     if continuations is not None: out["n_prompt"] = torch.tensor(n_prompt)
     return out
+
 
 def generate_replies(model, processor, examples: Sequence[Example], max_new_tokens: int = 32) -> list[str]:
     "Greedy replies to one batch of examples, in order."

@@ -169,6 +169,52 @@ def _add_eval(sub):
     p.set_defaults(func=_cmd_eval)
     return p
 
+# %% ../nbs/21_cli.ipynb #3a45aa2f
+def _config_arguments(p, what: str, example: str) -> None:
+    "CONFIG [key=value ...], as `heed train` takes them."
+    p.add_argument("config", help=f"YAML config file or preset name ({what})")
+    p.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+
+def _cmd_data(args) -> int:
+    from heed.data import format_inspection, inspect_examples
+    from heed.train import first_examples, load_config, processor_for
+    cfg = load_config(args.config, args.overrides)
+    if args.n < 1: raise ValueError(f"--n {args.n}: expected at least 1")
+    processor = processor_for(cfg)
+    recs = inspect_examples(processor, first_examples(cfg, args.n), top=args.top)
+    for r in recs:
+        if "skipped" in r:
+            print(f"heed data inspect: example {r['id']} is skipped: {r['skipped']}", file=sys.stderr)
+            if not args.json: print(format_inspection(r))
+        elif args.json: print(json.dumps({k: r[k] for k in ("text", "loss_text", "image_tokens")}, ensure_ascii=False))
+        else: print(format_inspection(r) + "\n")
+    return 0
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="look at training data as the model will see it")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = dsub.add_parser("inspect", help="render the first training examples: text, the part that carries loss, image tokens")
+    _config_arguments(q, "its teacher/init gives the processor, dataset the data", "dataset=data/mine.json max_pixels=200704")
+    q.add_argument("--n", type=int, default=3, help="how many examples, in the order training reads them (default 3)")
+    q.add_argument("--top", type=int, default=3, help="densest visual tokens to list per image (default 3)")
+    q.add_argument("--json", action="store_true", help="one JSON object per example: text, loss_text, image_tokens")
+    q.set_defaults(func=_cmd_data)
+
+def _cmd_plan(args) -> int:
+    from heed.plan import format_plan, plan_run
+    from heed.train import load_config
+    r = plan_run(load_config(args.config, args.overrides), args.gpus, args.gpu_mem)
+    print(json.dumps(r, indent=2) if args.json else format_plan(r))
+    return 0 if r["fits"] else 1
+
+def _add_plan(sub):
+    p = sub.add_parser("plan", help="per-GPU memory of a training config from the checkpoint's config.json, and whether it fits")
+    _config_arguments(p, "e.g. configs/gpu/distill-8b-8gpu.yaml", "teacher=checkpoints/Qwen3-VL-8B-Instruct max_tokens=8192")
+    p.add_argument("--gpus", type=int, default=1, help="processes sharing the parameters (FSDP when > 1; default 1)")
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="memory per GPU in GiB (default 80)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd_plan)
+
 # %% ../nbs/21_cli.ipynb #lmmstk02
 def _cmd_lmms_tasks(args) -> int:
     from heed.benchmarks import BenchmarkUnavailable
@@ -196,7 +242,7 @@ def _add_lmms_tasks(sub):
     return p
 
 # %% ../nbs/21_cli.ipynb #be719f54
-SUBCOMMANDS = [_add_env, _add_reproduce, _add_train, _add_eval, _add_lmms_tasks]
+SUBCOMMANDS = [_add_env, _add_reproduce, _add_train, _add_eval, _add_lmms_tasks, _add_data, _add_plan]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heed", description="HEED: density-weighted residual alignment for hybrid VLM distillation")

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .env import home_path, input_path, replace_dir_atomic
+from .env import home_path, input_path, replace_dir_atomic, write_json_atomic, write_text_atomic
 from .files import check_model_folder
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'MODEL_INPUT_KEYS', 'build_tokenizer', 'build_image_processor', 'VLProcessor',
-           'AnswerCollator', 'cell_centres', 'cell_colours', 'model_inputs', 'toy_teacher_config', 'Teacher',
-           'build_toy_teacher', 'save_teacher', 'load_teacher', 'load_model']
+__all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'TOY_CHAT_TEMPLATE', 'ASSISTANT_HEADER', 'END_OF_TURN', 'IMAGE_PAD',
+           'MODEL_INPUT_KEYS', 'build_tokenizer', 'build_image_processor', 'find_chat_template', 'pixel_bounds',
+           'set_pixel_bounds', 'Encoded', 'VLProcessor', 'AnswerCollator', 'cell_centres', 'cell_colours',
+           'model_inputs', 'toy_teacher_config', 'Teacher', 'build_toy_teacher', 'save_teacher', 'load_teacher',
+           'load_model']
 
 # %% ../nbs/07_teacher.ipynb #9c879aa2
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -67,11 +69,70 @@ def build_image_processor(patch: int = 16, merge: int = 2, temporal: int = 2, mi
                                     image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 # %% ../nbs/07_teacher.ipynb #81e1d53e
+#: The layout the toy teacher was trained with, as a chat template: ChatML turns joined by one newline, no newline after the
+#: last turn, an image as `<|vision_start|><|image_pad|><|vision_end|>`. A checkpoint without a template of its own gets it.
+TOY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}{%- if not loop.first -%}{{ '\n' }}{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}{{ '<|im_end|>' }}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '\n<|im_start|>assistant\n' }}{%- endif -%}")
+ASSISTANT_HEADER, END_OF_TURN, IMAGE_PAD = "<|im_start|>assistant\n", "<|im_end|>", "<|image_pad|>"
+
+def find_chat_template(path) -> tuple[str | None, str | None]:
+    "(template, where it was found) of a checkpoint folder: chat_template.jinja, chat_template.json, or tokenizer_config.json."
+    path = Path(path)
+    if (path / "chat_template.jinja").is_file(): return (path / "chat_template.jinja").read_text(encoding="utf-8"), "chat_template.jinja"
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        f = path / name
+        if not f.is_file(): continue
+        try: t = json.loads(f.read_text(encoding="utf-8")).get("chat_template")
+        except (json.JSONDecodeError, AttributeError) as e: raise ValueError(f"{f}: not a JSON object ({e})") from None
+        if isinstance(t, list):  # several named templates: the default one
+            t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
+        if isinstance(t, str) and t.strip(): return t, name
+    return None, None
+
+def pixel_bounds(image_processor) -> tuple[int, int]:
+    "(min_pixels, max_pixels) an image is resized into by a Qwen2/3-VL image processor."
+    size = getattr(image_processor, "size", None) or {}
+    lo = size.get("shortest_edge", getattr(image_processor, "min_pixels", None))
+    hi = size.get("longest_edge", getattr(image_processor, "max_pixels", None))
+    if lo is None or hi is None: raise ValueError(f"{type(image_processor).__name__} has no min/max pixels (size={size})")
+    return int(lo), int(hi)
+
+def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels: int | None = None):
+    """Set the pixel range of a Qwen2/3-VL image processor in place (None keeps a bound); returns it.
+
+    Each image is resized, keeping its aspect ratio, to between min_pixels and max_pixels pixels in multiples of patch·merge:
+    a larger max_pixels means more image tokens (about max_pixels / (patch·merge)² of them)."""
+    lo, hi = pixel_bounds(image_processor)
+    lo, hi = lo if min_pixels is None else int(min_pixels), hi if max_pixels is None else int(max_pixels)
+    f = int(image_processor.patch_size) * int(image_processor.merge_size)
+    if not (0 < lo <= hi): raise ValueError(f"min_pixels={lo}, max_pixels={hi}: expected 0 < min_pixels <= max_pixels")
+    if hi < f * f: raise ValueError(f"max_pixels={hi} is below one merged patch ({f}x{f} = {f * f} pixels)")
+    size = image_processor.size  # a dict, or transformers' SizeDict
+    image_processor.size = type(size)(**{**dict(size), "shortest_edge": lo, "longest_edge": hi})
+    for k, v in (("min_pixels", lo), ("max_pixels", hi)):
+        if hasattr(image_processor, k): setattr(image_processor, k, v)
+    return image_processor
+
+class Encoded(NamedTuple):
+    "One rendered conversation: ids and labels (lists), the images' pixel rows and grids, and where the loss falls."
+    input_ids: list
+    labels: list                 # -100 off the assistant spans
+    pixel_values: torch.Tensor | None   # (patches of all images, 3·T·P·P)
+    image_grid_thw: torch.Tensor | None # (images, 3)
+    image_tokens: list           # tokens per image
+    text: str                    # the rendered conversation with every image's placeholder run collapsed to one pad
+
 class VLProcessor:
-    "Tokenizer + image processor + Qwen3-VL prompt layout. Saves to and loads from a directory."
+    """Tokenizer + image processor + the checkpoint's chat template (the toy layout when it has none). Saves to and loads
+    from a directory."""
     config_name = "heed_processor.json"
 
-    def __init__(self, tokenizer, image_processor, max_length: int = 512):
+    def __init__(self, tokenizer, image_processor, max_length: int = 512, chat_template: str | None = None):
         self.tokenizer, self.image_processor, self.max_length = tokenizer, image_processor, int(max_length)
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|vision_start|>",
                                                                "<|vision_end|>", "<|image_pad|>")}
@@ -83,18 +144,40 @@ class VLProcessor:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end_id
         self.merge = int(image_processor.merge_size)
         self.patch = int(image_processor.patch_size)
+        self.chat_template = chat_template  # None: TOY_CHAT_TEMPLATE
+
+    @property
+    def template(self) -> str: return self.chat_template or TOY_CHAT_TEMPLATE
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+        "The conversation as text through the chat template, one `<|image_pad|>` per image."
+        return self.tokenizer.apply_chat_template(list(messages), chat_template=self.template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
 
     def prompt(self, question: str, n_image_tokens: int) -> str:
-        "The chat-layout prompt for one image and one question, ending where the answer starts."
-        return (f"<|im_start|>user\n<|vision_start|>{'<|image_pad|>' * n_image_tokens}<|vision_end|>"
-                f"{question}<|im_end|>\n<|im_start|>assistant\n")
+        "The rendered prompt for one image and one question, ending where the answer starts."
+        text = self.render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], True)
+        return text.replace(IMAGE_PAD, IMAGE_PAD * n_image_tokens, 1)
+
+    def set_pixels(self, min_pixels: int | None = None, max_pixels: int | None = None) -> "VLProcessor":
+        "Resize images into [min_pixels, max_pixels] from now on (None keeps a bound); returns self."
+        set_pixel_bounds(self.image_processor, min_pixels, max_pixels)
+        return self
+
+    @property
+    def pixels(self) -> tuple[int, int]: return pixel_bounds(self.image_processor)
+
+    def image_tokens_for(self, width: int, height: int) -> int:
+        "Image tokens an image of this size becomes (no decoding: for length-grouped batching and budgets)."
+        return int(self.image_processor.get_number_of_image_patches(int(height), int(width), {})) // self.merge ** 2
 
     def _image(self, img, name):
-        "A PIL image (or an undecoded datasets image dict) as RGB; an error naming the example otherwise."
+        "A PIL image (or an undecoded datasets image dict, or a file path) as RGB; an error naming the example otherwise."
         if img is None or (isinstance(img, dict) and img.get("bytes") is None and img.get("path") is None):
             raise ValueError(f"example {name}: image is missing")
         try:
-            if isinstance(img, dict):
+            if isinstance(img, (str, os.PathLike)): img = Image.open(img)
+            elif isinstance(img, dict):
                 import io
                 img = Image.open(io.BytesIO(img["bytes"])) if img.get("bytes") is not None else Image.open(img["path"])
             if not isinstance(img, Image.Image):
@@ -104,6 +187,69 @@ class VLProcessor:
             raise ValueError(f"example {name}: image could not be read ({type(e).__name__}: {e})") from None
         if min(img.size) < 1: raise ValueError(f"example {name}: image has size {img.size}")
         return img
+
+    def _spans(self, text: str, n_assistant: int, name) -> list[tuple[int, int]]:
+        "Character spans of the assistant turns' bodies, each through its end-of-turn token."
+        spans, pos = [], 0
+        while (h := text.find(ASSISTANT_HEADER, pos)) >= 0:
+            start = h + len(ASSISTANT_HEADER)
+            end = text.find(END_OF_TURN, start)
+            if end < 0: break  # an open generation prompt: no span
+            spans.append((start, end + len(END_OF_TURN)))
+            pos = end
+        if len(spans) != n_assistant:
+            raise ValueError(f"example {name}: the chat template rendered {len(spans)} assistant turns for {n_assistant} assistant "
+                             f"messages (expected ChatML turns '{ASSISTANT_HEADER!r}...{END_OF_TURN}')")
+        return spans
+
+    def encode_conversation(self, messages: Sequence[dict], images: Sequence = (), name="0",
+                            add_generation_prompt: bool = False, check_length: bool = True, vision: dict | None = None) -> Encoded:
+        """One conversation → ids and labels. messages: [{role, content}], content a string or a list of {type: image} /
+        {type: text, text}; images: one per {type: image}, in order. Labels are the tokens of every assistant turn through
+        its end-of-turn token, -100 elsewhere; images are expanded to their token runs as transformers' Qwen3-VL processor does.
+        vision: the image processor's output for `images`, when the caller processed a batch of images at once."""
+        for m in messages:
+            parts = [m["content"]] if isinstance(m["content"], str) else [p.get("text") or "" for p in m["content"]]
+            if any(t in p for p in parts for t in SPECIAL_TOKENS if "<|" in p):
+                raise ValueError(f"example {name}: a {m['role']} turn contains a special token")
+        text = self.render(messages, add_generation_prompt)
+        n_img = text.count(IMAGE_PAD)
+        if n_img != len(images):
+            raise ValueError(f"example {name}: the conversation has {n_img} image placeholders but {len(images)} images")
+        vis = vision if vision is not None or not images else self.image_processor(images=[self._image(im, name) for im in images],
+                                                                                  return_tensors="pt")
+        counts = (vis["image_grid_thw"].prod(-1) // self.merge ** 2).tolist() if images else []
+        pieces = text.split(IMAGE_PAD)
+        full = pieces[0] + "".join(IMAGE_PAD * n + p for n, p in zip(counts, pieces[1:]))
+        n_assistant = sum(m["role"] == "assistant" for m in messages)
+        spans = self._spans(full, n_assistant, name)
+        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids, labels, k = list(enc.input_ids), [], 0
+        for tok, (s, _) in zip(ids, enc.offset_mapping):
+            while k < len(spans) and s >= spans[k][1]: k += 1
+            labels.append(tok if k < len(spans) and spans[k][0] <= s else -100)
+        if check_length and len(ids) > self.max_length:
+            raise ValueError(f"example {name}: {len(ids)} tokens exceed max_length={self.max_length} "
+                             f"({len(images)} images, {sum(counts)} image tokens)")
+        return Encoded(ids, labels, vis["pixel_values"] if vis else None, vis["image_grid_thw"] if vis else None, counts, text)
+
+    def collate(self, encoded: Sequence[Encoded], padding_side: str = "right", with_labels: bool = True) -> dict:
+        """Pad encoded conversations into a batch: input_ids, attention_mask, mm_token_type_ids (B, L); labels (B, L) when
+        `with_labels`; pixel_values (patches, dim) and image_grid_thw (images, 3) when any example has images."""
+        if padding_side not in ("left", "right"): raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'")
+        if not encoded: raise ValueError("collate: no examples")
+        B, L = len(encoded), max(len(e.input_ids) for e in encoded)
+        input_ids = torch.full((B, L), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((B, L), dtype=torch.long)
+        labels = torch.full((B, L), -100, dtype=torch.long)
+        for b, e in enumerate(encoded):
+            sl = slice(L - len(e.input_ids), L) if padding_side == "left" else slice(0, len(e.input_ids))
+            input_ids[b, sl], attention[b, sl], labels[b, sl] = torch.tensor(e.input_ids), 1, torch.tensor(e.labels)
+        out = dict(input_ids=input_ids, attention_mask=attention, mm_token_type_ids=(input_ids == self.image_token_id).long() * attention)
+        pv = [e.pixel_values for e in encoded if e.pixel_values is not None]
+        if pv: out.update(pixel_values=torch.cat(pv), image_grid_thw=torch.cat([e.image_grid_thw for e in encoded if e.image_grid_thw is not None]))
+        if with_labels: out["labels"] = labels
+        return out
 
     def encode(self, images: Sequence, questions: Sequence[str], answers: Sequence[str] | None = None,
                ids: Sequence | None = None, padding_side: str = "right") -> dict:
@@ -124,33 +270,20 @@ class VLProcessor:
         if answers is not None:
             for a, n in zip(answers, names):
                 if not isinstance(a, str) or not a.strip(): raise ValueError(f"example {n}: answer {a!r} is empty or not a string")
-        imgs = [self._image(im, n) for im, n in zip(images, names)]
-        vis = self.image_processor(images=imgs, return_tensors="pt")
-        grid = vis["image_grid_thw"]
-        seqs, labs = [], []
+        vis = self.image_processor(images=[self._image(im, n) for im, n in zip(images, names)], return_tensors="pt")
+        rows = torch.cat([torch.zeros(1, dtype=torch.long), vis["image_grid_thw"].prod(-1).cumsum(0)])
+        enc = []
         for b in range(B):
-            n_tok = int(grid[b].prod()) // self.merge ** 2
-            p = self.tokenizer(self.prompt(questions[b], n_tok), add_special_tokens=False).input_ids
-            lab = [-100] * len(p)
-            if answers is not None:
-                a = self.tokenizer(answers[b], add_special_tokens=False).input_ids + [self.im_end_id]
-                p, lab = p + a, lab + a
-            if len(p) > self.max_length:
-                raise ValueError(f"example {names[b]}: {len(p)} tokens exceed max_length={self.max_length} "
-                                 f"(question {questions[b][:60]!r}, {n_tok} image tokens)")
-            seqs.append(p); labs.append(lab)
-        L = max(map(len, seqs))
-        input_ids = torch.full((B, L), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((B, L), dtype=torch.long)
-        labels = torch.full((B, L), -100, dtype=torch.long)
-        for b, (s, lab) in enumerate(zip(seqs, labs)):
-            sl = slice(L - len(s), L) if padding_side == "left" else slice(0, len(s))
-            input_ids[b, sl], attention[b, sl], labels[b, sl] = torch.tensor(s), 1, torch.tensor(lab)
-        out = dict(input_ids=input_ids, attention_mask=attention,
-                   mm_token_type_ids=(input_ids == self.image_token_id).long() * attention,
-                   pixel_values=vis["pixel_values"], image_grid_thw=grid)
-        if answers is not None: out["labels"] = labels
-        return out
+            msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": questions[b]}]}]
+            if answers is not None: msgs.append({"role": "assistant", "content": [{"type": "text", "text": answers[b]}]})
+            one = dict(pixel_values=vis["pixel_values"][rows[b]:rows[b + 1]], image_grid_thw=vis["image_grid_thw"][b:b + 1])
+            e = self.encode_conversation(msgs, [images[b]], names[b], add_generation_prompt=answers is None, check_length=False,
+                                         vision=one)
+            if len(e.input_ids) > self.max_length:
+                raise ValueError(f"example {names[b]}: {len(e.input_ids)} tokens exceed max_length={self.max_length} "
+                                 f"(question {questions[b][:60]!r}, {e.image_tokens[0]} image tokens)")
+            enc.append(e)
+        return self.collate(enc, padding_side, with_labels=answers is not None)
 
     def decode(self, token_ids) -> list[str]:
         "Generated token ids (B, L) → B stripped strings, special tokens dropped."
@@ -160,11 +293,14 @@ class VLProcessor:
         path = Path(path); path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
-        (path / self.config_name).write_text(json.dumps(dict(max_length=self.max_length), indent=1))
+        if self.chat_template: write_text_atomic(path / "chat_template.jinja", self.chat_template)
+        write_json_atomic(path / self.config_name, dict(max_length=self.max_length))
 
     @classmethod
-    def from_pretrained(cls, path, max_length: int | None = None) -> "VLProcessor":
-        "Load from a directory: ours, or a real Qwen3-VL checkpoint's tokenizer and preprocessor_config.json."
+    def from_pretrained(cls, path, max_length: int | None = None, min_pixels: int | None = None,
+                        max_pixels: int | None = None) -> "VLProcessor":
+        """Load from a directory: ours, or a real Qwen3-VL checkpoint's tokenizer, preprocessor_config.json and chat template.
+        min_pixels / max_pixels override the preprocessor config's image size range."""
         from transformers import AutoImageProcessor, AutoTokenizer
         path = Path(path)
         if not (path / "preprocessor_config.json").is_file():
@@ -172,12 +308,14 @@ class VLProcessor:
                                     "or a Qwen3-VL checkpoint directory)")
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         ip = AutoImageProcessor.from_pretrained(path, backend="pil", local_files_only=True)
+        if min_pixels is not None or max_pixels is not None: set_pixel_bounds(ip, min_pixels, max_pixels)
         cfg = json.loads((path / cls.config_name).read_text()) if (path / cls.config_name).is_file() else {}
-        return cls(tok, ip, max_length=max_length or cfg.get("max_length", 8192))
+        template, _ = find_chat_template(path)
+        return cls(tok, ip, max_length=max_length or cfg.get("max_length", 8192), chat_template=template)
 
     def __repr__(self):
         return (f"VLProcessor(vocab={len(self.tokenizer)}, patch={self.patch}, merge={self.merge}, "
-                f"max_length={self.max_length})")
+                f"max_length={self.max_length}, pixels={self.pixels}, template={'checkpoint' if self.chat_template else 'toy'})")
 
 # %% ../nbs/07_teacher.ipynb #ae65ab2c
 class AnswerCollator:
@@ -334,8 +472,9 @@ def load_teacher(path, device=None, dtype=None, max_length: int | None = None) -
     return Teacher(model.eval(), processor)
 
 # %% ../nbs/07_teacher.ipynb #f15b8147
-def load_model(path, device=None):
-    "A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor)."
+def load_model(path, device=None, dtype=None):
+    """A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor). A relative path is
+    taken as typed when it exists from the working directory, else relative to the project root."""
     from transformers import AutoConfig
     path = input_path(path)
     if not (path / "config.json").is_file():
@@ -344,7 +483,7 @@ def load_model(path, device=None):
     cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     if getattr(getattr(cfg, "text_config", None), "mamba_layers", None):
         from heed.hybrid import Qwen3VLHybridForConditionalGeneration
-        model = Qwen3VLHybridForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        model = Qwen3VLHybridForConditionalGeneration.from_pretrained(path, local_files_only=True, **({"dtype": dtype} if dtype else {}))
         return model.to(device or "cpu").eval(), VLProcessor.from_pretrained(path)
-    t = load_teacher(path, device=device)
+    t = load_teacher(path, device=device, dtype=dtype)
     return t.model, t.processor

@@ -13,11 +13,12 @@ import logging
 import math
 import re
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -34,7 +35,8 @@ __all__ = ['logger', 'JOBS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS', '
            'TrainConfig', 'density_settings', 'set_override', 'load_config', 'config_dict', 'fingerprint', 'preset',
            'write_presets', 'lr_factor', 'batch_indices', 'NonFiniteLoss', 'check_finite', 'check_fingerprint',
            'find_checkpoint', 'Job', 'term_grad_norms', 'train', 'synth_splits', 'WarningTally', 'synth_evaluator',
-           'check_pair', 'pretrain_job', 'align_job', 'distill_job', 'sft_job', 'build_job']
+           'data_evaluator', 'check_pair', 'shard_frozen', 'pretrain_job', 'align_job', 'distill_job', 'sft_job',
+           'build_job', 'processor_for', 'first_examples']
 
 # %% ../nbs/09_train.ipynb #0893b5a9
 JOBS = ("pretrain", "align", "distill", "sft")
@@ -49,6 +51,15 @@ class TrainConfig:
     student: dict = field(default_factory=dict)  # align/distill from a teacher: keyword arguments of heed.hybrid.hybridize
     # data (HEED-Synth knobs, passed to heed.synth.make_synth)
     data: dict = field(default_factory=dict)
+    dataset: Any = None                    # your data (heed.data): a path, or a list of {path, format, split, weight}; None: HEED-Synth
+    eval_dataset: Any = None               # held-out data in the same form; None: `heldout` examples are held out of `dataset`
+    heldout: int = 256                     # examples held out of `dataset` for in-loop evaluation (when no eval_dataset)
+    max_tokens: int = 0                    # token budget per micro-batch (padded tokens per forward); 0: batch_size/(processes x grad_accum) examples
+    num_workers: int = 0                   # DataLoader workers that decode and encode images while the model trains
+    min_pixels: int | None = None          # image size range (pixels); None: the checkpoint's preprocessor_config.json
+    max_pixels: int | None = None
+    max_length: int | None = None          # longest conversation in tokens (longer ones are skipped); None: the processor's
+    activation_checkpointing: bool = False # recompute each decoder layer in the backward pass (less memory, ~30% more compute)
     # optimisation
     steps: int = 100
     batch_size: int = 32                   # global: micro_batch x grad_accum x processes
@@ -80,7 +91,8 @@ class TrainConfig:
     save_every: int = 50
     resume: bool = False                   # True: continue from output_dir/checkpoint, refuse if missing
 
-FINGERPRINT_FIELDS = ("job", "teacher", "init", "weighting", "data", "batch_size", "grad_accum", "lr", "weight_decay",
+FINGERPRINT_FIELDS = ("job", "teacher", "init", "weighting", "data", "dataset", "heldout", "max_tokens", "min_pixels", "max_pixels",
+                      "max_length", "batch_size", "grad_accum", "lr", "weight_decay",
                       "betas", "warmup_steps", "min_lr_ratio", "align_weight", "kd_weight", "kd_temperature",
                       "align_layers", "alignment", "text_weight", "density_method", "density_sharpness", "density_floor",
                       "aux", "model", "student", "seed")
@@ -104,8 +116,20 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     for k in ("data", "aux", "model"):
         if not isinstance(getattr(cfg, k), dict): raise ValueError(f"{k}={getattr(cfg, k)!r}: expected a mapping (key: value lines in YAML)")
     density_settings(cfg)                  # bad density values are refused now, not at the first step
+    _check_data(cfg)
     cfg.betas = tuple(cfg.betas)
     return cfg
+
+def _check_data(cfg: TrainConfig) -> None:
+    "The data keys: sources parse (heed.data.parse_sources), budgets and sizes are non-negative integers."
+    from heed.data import parse_sources
+    parse_sources(cfg.dataset); parse_sources(cfg.eval_dataset)
+    if cfg.job == "pretrain" and cfg.dataset is not None: raise ValueError("dataset= applies to align, distill and sft; pretrain trains the toy teacher on HEED-Synth")
+    for k in ("heldout", "max_tokens", "num_workers"):
+        if not isinstance(getattr(cfg, k), int) or getattr(cfg, k) < 0: raise ValueError(f"{k}={getattr(cfg, k)!r}: expected an integer >= 0")
+    for k in ("min_pixels", "max_pixels", "max_length"):
+        v = getattr(cfg, k)
+        if v is not None and (not isinstance(v, int) or v < 1): raise ValueError(f"{k}={v!r}: expected a positive integer or null")
 
 def density_settings(cfg: TrainConfig) -> DensitySettings:
     "The HEED weighting settings of a config, as the one value the loss takes."
@@ -239,7 +263,7 @@ ACCELERATE_CONFIGS = {
 }
 
 def write_presets(folder) -> list[Path]:
-    "Write every preset as YAML into `folder`, and the accelerate configs into `folder/accelerate` (what `make export` does for configs/)."
+    "Write every preset as YAML into `folder`, the accelerate configs into `folder/accelerate` and the GPU presets into `folder/gpu` (what `make export` does for configs/)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     out = []
     (folder / "accelerate").mkdir(exist_ok=True)
@@ -253,6 +277,8 @@ def write_presets(folder) -> list[Path]:
         write_text_atomic(p, f"# heed train {p.name}   (preset {name!r}; any key can be overridden: heed train {p.name} lr=1e-3)\n"
                      + yaml.safe_dump(config_dict(load_config(name)), sort_keys=False))
         out.append(p)
+    from heed.plan import write_gpu_presets  # Qwen3-VL-2B/4B/8B on 1 and 8 GPUs, checked by heed plan
+    out += write_gpu_presets(folder / "gpu")
     return out
 
 # %% ../nbs/09_train.ipynb #b201b5fa
@@ -321,6 +347,9 @@ class Job:
     evaluate: Callable[[torch.nn.Module], dict] | None = None
     description: str = ""
     step_losses: Callable[[torch.nn.Module, dict], StepLosses] | None = None  # student jobs: what `loss` calls, with the weights
+    encode: Callable[[list], tuple] | None = None  # your data: examples -> (encoded, skipped), in the loader's workers; then
+                                                   # `collate` pads a micro-batch of encoded examples (heed.data)
+    max_tokens: int = 0                            # with `encode`: token budget per micro-batch (heed.data.pack_micro_batches)
 
     @property
     def params(self): return [p for p in self.module.parameters() if p.requires_grad]
@@ -374,17 +403,19 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     acc.register_for_checkpointing(sched)
 
-    metrics_path = out / "metrics.jsonl"
+    metrics_path, skipped_path = out / "metrics.jsonl", out / "skipped.jsonl"
     start, elapsed0 = 0, 0.0   # elapsed0: training seconds spent before this invocation (wall clock of the curve)
     if ckpt is not None:
         acc.load_state(str(ckpt))
         start, elapsed0 = state["step"], float(state.get("elapsed_s", 0.0))
         if acc.is_main_process:  # keep the log consistent with the restored state
-            kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start]  # a torn last line is skipped, with a warning
-            write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            for path in (metrics_path, skipped_path):  # a torn last line is skipped, with a warning
+                kept = [r for r in read_jsonl(path) if r.get("step", 0) <= start]
+                if path.exists(): write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     elif acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        if metrics_path.exists(): metrics_path.unlink()
+        for path in (metrics_path, skipped_path):
+            if path.exists(): path.unlink()
     if acc.is_main_process:  # also on resume: a longer schedule (steps=) is part of what this run now is
         write_text_atomic(out / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
     acc.wait_for_everyone()
@@ -412,15 +443,19 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     term_norms_ok = acc.distributed_type != DistributedType.FSDP
     module.train()
     t_run = time.perf_counter()
+    loader, filler = iter(_step_loader(job, cfg, start, stop, acc.process_index, world, micro)), {}
     for step in range(start, stop):
         t0 = time.perf_counter()
-        idx = batch_indices(step, len(job.dataset), cfg.batch_size, cfg.seed, acc.process_index, world)
-        log_now = step == 0 or (step + 1) % cfg.log_every == 0 or step + 1 == stop
+        got, prepared = next(loader)
+        if got != step: raise RuntimeError(f"the loader returned step {got} where step {step} was due")
+        micro_batches, skipped = _micro_batches(job, prepared, cfg, acc, filler, step)
+        n_skipped = _log_skipped(acc, skipped_path, step, skipped)
+        log_now = step == 0 or (step + 1) % cfg.log_every == 0 or step + 1 == stop or n_skipped > 0
         sums: dict = {}
         norms: dict = {}
-        for m in range(cfg.grad_accum):
-            batch = _to_device(job.collate([job.dataset[i] for i in idx[m * micro:(m + 1) * micro]]), acc.device)
-            sync = acc.no_sync(module) if m < cfg.grad_accum - 1 else contextlib.nullcontext()
+        for m, (batch, num, den) in enumerate(micro_batches):  # this micro-batch's share of the step's loss: num / den
+            batch = _to_device(batch, acc.device)
+            sync = acc.no_sync(module) if m < len(micro_batches) - 1 else contextlib.nullcontext()
             with sync:
                 with acc.autocast():
                     terms = job.loss(module, batch)
@@ -430,8 +465,8 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
                     raise NonFiniteLoss(f"step {step}: a loss term became non-finite on another process")
                 if log_now and m == 0 and term_norms_ok:  # the first micro-batch's terms, before they are summed
                     norms = term_grad_norms(terms, params)
-                acc.backward(sum(terms.values()) / cfg.grad_accum)
-            for k, v in terms.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+                acc.backward(sum(terms.values()) * num / den)
+            for k, v in terms.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() * num / den
         gnorm = acc.clip_grad_norm_(params, cfg.clip_grad) if cfg.clip_grad > 0 else None
         if gnorm is not None and not torch.isfinite(gnorm):
             raise NonFiniteLoss(f"step {step}: gradient norm is {gnorm.item()} although every loss term is finite")
@@ -442,7 +477,7 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
         dt = time.perf_counter() - t0
         rec = dict(step=step + 1, loss=sum(terms_mean.values()), **terms_mean, lr=lr, **norms,
                    **{"grad_norm/total": None if gnorm is None else float(gnorm)}, examples_per_s=cfg.batch_size / dt,
-                   elapsed_s=round(elapsed0 + time.perf_counter() - t_run, 2))
+                   elapsed_s=round(elapsed0 + time.perf_counter() - t_run, 2), **({"skipped": n_skipped} if n_skipped else {}))
         if log_now: log(rec)
         bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", ex_s=f"{rec['examples_per_s']:.0f}")
         if cfg.eval_every and job.evaluate and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
@@ -452,26 +487,82 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     done = stop == cfg.steps
     result = dict(job=cfg.job, steps_done=stop, finished=done, seconds=round(time.perf_counter() - t_run, 2))
     if done:
-        if job.evaluate: result["eval"] = _evaluate(acc, job, module, cfg.steps, lambda r: log({**r, "elapsed_s": rec["elapsed_s"]}))
-        if acc.is_main_process:
+        if acc.is_main_process:  # the model first: an evaluation that fails must not cost the trained weights
             tmp = out / "model.tmp"
             if tmp.exists(): shutil.rmtree(tmp)
             job.save(acc.unwrap_model(module), tmp)
             replace_dir_atomic(tmp, out / "model")
-            write_text_atomic(out / "result.json", json.dumps(result, indent=2))
+        acc.wait_for_everyone()
+        if job.evaluate:
+            ev = _evaluate(acc, job, module, cfg.steps, lambda r: log({**r, "elapsed_s": rec["elapsed_s"]}))
+            result["eval_error" if "error" in ev else "eval"] = ev.get("error", ev)
+        result["skipped"] = len(read_jsonl(skipped_path)) if acc.is_main_process else None
+        if acc.is_main_process: write_text_atomic(out / "result.json", json.dumps(result, indent=2))
     acc.wait_for_everyone()  # a barrier before the process group goes: without it gloo runs sometimes abort at exit
     if world > 1: acc.end_training()
     return result
 
 def _evaluate(acc, job: Job, module, step: int, log) -> dict:
+    """Run the job's evaluator (on the main process; on every process under FSDP, whose forwards are collective) and log
+    it. A failing evaluator is reported — {'error': ...} in the log and the result — not raised: training is done."""
+    from accelerate.utils import DistributedType
     res = {}
-    if acc.is_main_process:
+    if acc.is_main_process or acc.distributed_type == DistributedType.FSDP:
         module.eval()
-        with torch.no_grad(): res = job.evaluate(acc.unwrap_model(module))
+        try:
+            with torch.no_grad(): res = job.evaluate(acc.unwrap_model(module) if acc.distributed_type != DistributedType.FSDP else module)
+        except Exception as e:
+            res = {"error": f"{type(e).__name__}: {e}"}
+            print(f"heed train: step {step}: evaluation failed ({res['error']}); training goes on", file=sys.stderr)
         module.train()
-        log(dict(step=step, **{f"eval/{k}": v for k, v in res.items()}))
+        if acc.is_main_process: log(dict(step=step, **{f"eval/{k}": v for k, v in res.items()}))
     acc.wait_for_everyone()
     return res
+
+def _collate_steps(collate, micro: int, grad_accum: int, rows: list) -> tuple[list, list]:
+    "A step's examples → grad_accum micro-batches of `micro` examples (the fixed-size path), nothing skipped."
+    return [collate(rows[m * micro:(m + 1) * micro]) for m in range(grad_accum)], []
+
+def _step_loader(job: Job, cfg: TrainConfig, start: int, stop: int, rank: int, world: int, micro: int):
+    "A DataLoader over steps start..stop-1 of this process (heed.data.StepStream): cfg.num_workers prepare steps ahead."
+    from functools import partial
+    from heed.data import StepStream, _unbatched
+    prepare = job.encode or partial(_collate_steps, job.collate, micro, cfg.grad_accum)
+    order = (partial(batch_indices, n=len(job.dataset), batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+             if hasattr(job.dataset, "__len__") else None)
+    stream = StepStream(job.dataset, prepare, start, stop, order=order, batch_size=cfg.batch_size, rank=rank, world=world)
+    # its own generator: a DataLoader draws a seed when iterated, which must not move the global RNG a resumed run restored
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, collate_fn=_unbatched,
+                                       generator=torch.Generator().manual_seed(cfg.seed))
+
+def _micro_batches(job: Job, prepared, cfg: TrainConfig, acc, filler: dict, step: int) -> tuple[list, list]:
+    """[(batch, num, den)] of a step: the micro-batches and each one's share num/den of the step's loss, and what was skipped.
+
+    Encoded examples are packed to the token budget; every process runs as many micro-batches as the one that needs most
+    (padding with a zero-share copy of an earlier example where a process has too few)."""
+    payload, skipped = prepared
+    if job.encode is None: return [(b, 1, len(payload)) for b in payload], skipped
+    from heed.data import pack_micro_batches
+    lengths = [len(e.input_ids) for e in payload]
+    k = len(pack_micro_batches(lengths, job.max_tokens, cfg.grad_accum)) if payload else 1
+    if acc.num_processes > 1: k = int(acc.gather(torch.tensor([k], device=acc.device)).max())
+    groups = pack_micro_batches(lengths, job.max_tokens, k) if payload else []
+    if payload: filler["example"] = payload[0]
+    elif "example" not in filler:
+        raise RuntimeError(f"step {step}: every example of this process's share was skipped (see skipped.jsonl); nothing to train on")
+    out = [(job.collate([payload[i] for i in g]), len(g), len(payload)) for g in groups]
+    out += [(job.collate([filler["example"]]), 0, 1)] * (k - len(out))
+    return out, skipped
+
+def _log_skipped(acc, path: Path, step: int, skipped: list) -> int:
+    "Append this process's skipped examples to skipped.jsonl (and stderr); returns how many all processes skipped this step."
+    if skipped:
+        with open(path, "a", encoding="utf-8") as f:
+            for s in skipped:
+                f.write(json.dumps(dict(step=step + 1, rank=acc.process_index, id=s.id, source=s.source, reason=s.reason)) + "\n")
+                print(f"heed train: step {step + 1}: skipped example {s.id} ({s.source}): {s.reason}", file=sys.stderr)
+    n = torch.tensor(float(len(skipped)), device=acc.device)
+    return int(acc.reduce(n, "sum").item()) if acc.num_processes > 1 else len(skipped)
 
 # %% ../nbs/09_train.ipynb #e4ecf2e0
 def _toy_job(cfg: TrainConfig, device, nan_at: int | None = None) -> Job:
@@ -493,10 +584,8 @@ def _toy_job(cfg: TrainConfig, device, nan_at: int | None = None) -> Job:
 # %% ../nbs/09_train.ipynb #82c8164a
 def synth_splits(cfg: TrainConfig):
     "The HEED-Synth DatasetDict a config asks for (generated once, then read from data/cache)."
-    from heed.synth import make_synth
-    d = dict(cfg.data)
-    sizes = [int(d.pop(k, v)) for k, v in (("n_train", 1000), ("n_val", 128), ("n_test", 128))]
-    return make_synth(*sizes, seed=int(d.pop("seed", 0)), **d)
+    from heed.data import synth_dataset
+    return synth_dataset(cfg.data)
 
 class WarningTally:
     "Stands in for a logger during one evaluation: keeps its per-example warnings, and `summary()` says them in one line."
@@ -525,6 +614,48 @@ def synth_evaluator(cfg: TrainConfig, processor, split):
         return {k: round(float(v), 4) for k, v in res["scores"].items()}
     return evaluate
 
+def _last_answer(ex: dict) -> str | None:
+    "The text of an example's final turn when it is the assistant's, else None."
+    last = ex["messages"][-1]
+    return "".join(p.get("text") or "" for p in last["content"]).strip() if last["role"] == "assistant" else None
+
+def data_evaluator(cfg: TrainConfig, processor, heldout: list, step_losses: Callable, short_answer: int = 16, batch_size: int = 8):
+    """In-loop evaluation on your held-out examples (the first `eval_examples`): the job's loss terms — KD and alignment
+    against the teacher, or CE — averaged over the examples, and greedy exact match (heed.evaluate.exact_match) on those
+    whose last turn is an assistant answer of at most `short_answer` tokens. None when there is nothing to evaluate."""
+    from heed.data import ConversationEncoder, pack_micro_batches
+    rows = heldout[:cfg.eval_examples]
+    if not rows: return None
+    encode = ConversationEncoder(processor, cfg.max_tokens)
+    def evaluate(model) -> dict:
+        from heed.evaluate import exact_match
+        items, skipped = encode(rows)
+        res, n = {}, len(items)
+        if n:
+            device = next(model.parameters()).device
+            groups = pack_micro_batches([len(e.input_ids) for e in items], cfg.max_tokens, math.ceil(n / batch_size))
+            sums: dict = {}
+            for g in groups:
+                batch = _to_device(processor.collate([items[i] for i in g]), device)
+                for k, v in step_losses(model, batch).terms.items(): sums[k] = sums.get(k, 0.0) + float(v) * len(g) / n
+            res.update({k: round(v, 5) for k, v in sums.items()})
+        short = []
+        for ex in rows:
+            a = _last_answer(ex) if "error" not in ex else None
+            if a and len(processor.tokenizer(a, add_special_tokens=False).input_ids) <= short_answer: short.append((ex, a))
+        if short:
+            device, hits = next(model.parameters()).device, []
+            for s in range(0, len(short), batch_size):
+                chunk, enc = short[s:s + batch_size], []
+                for ex, _ in chunk: enc.append(processor.encode_conversation(ex["messages"][:-1], ex["images"], ex["id"], add_generation_prompt=True))
+                batch = _to_device(processor.collate(enc, padding_side="left", with_labels=False), device)
+                seq = model.generate(**batch, max_new_tokens=short_answer + 2, do_sample=False, eos_token_id=processor.im_end_id,
+                                     pad_token_id=processor.pad_token_id)
+                hits += [exact_match(p, a) for p, (_, a) in zip(processor.decode(seq[:, batch["input_ids"].shape[1]:]), chunk)]
+            res.update(exact_match=round(sum(hits) / len(hits), 4), n_exact_match=len(hits))
+        return {**res, "n": n, "skipped": len(skipped)}
+    return evaluate
+
 def check_pair(teacher, student) -> None:
     "Refuse a teacher/student pair whose vocabulary or hidden size differ, naming which."
     tt, st = teacher.config.text_config, student.config.text_config
@@ -540,22 +671,27 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
     from heed.teacher import AnswerCollator, load_model, model_inputs
     teacher = processor = None
     if cfg.teacher:
-        teacher, processor = load_model(cfg.teacher, device)
+        # under bf16 the frozen teacher is held in bf16 (half the memory; heed.plan counts it so); the student's weights stay float32
+        teacher, processor = load_model(cfg.teacher, device, dtype=torch.bfloat16 if _precision(cfg) == "bf16" else None)
         if getattr(teacher.config.text_config, "mamba_layers", None):
             raise ValueError(f"teacher={cfg.teacher!r} is a hybrid student (mamba_layers set); expected a transformer teacher")
         teacher.requires_grad_(False).eval()
+        if _fsdp_launch(): shard_frozen(teacher)  # the frozen teacher sharded beside the student, not replicated per GPU
     if cfg.init:
         if cfg.student: raise ValueError(f"student={cfg.student}: hybridize arguments apply to a student made from the teacher, not to init={cfg.init!r}")
         student, sp = load_model(cfg.init, device)
         processor = processor or sp
     elif teacher is not None:
-        student = hybridize(teacher, **cfg.student)  # a deep copy: the teacher stays intact
+        student = hybridize(teacher, **cfg.student).float()  # a deep copy (float32 master weights): the teacher stays intact
     else:
         raise ValueError(f"job {cfg.job!r} needs init=STUDENT_DIR or teacher=TEACHER_DIR")
     if teacher is not None: check_pair(teacher, student)
     mamba = mamba_layers_of(student)
     if not mamba and cfg.job == "align": raise ValueError("align needs a hybrid student with Mamba layers; this one has none")
     layers = list(cfg.align_layers) if cfg.align_layers is not None else mamba
+    if cfg.min_pixels is not None or cfg.max_pixels is not None: processor.set_pixels(cfg.min_pixels, cfg.max_pixels)
+    if cfg.max_length is not None: processor.max_length = cfg.max_length
+    if cfg.activation_checkpointing: student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
     student.requires_grad_(cfg.job != "align")
     if cfg.job == "align":                 # stage 1: only the Mamba mixers learn
@@ -573,10 +709,33 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
 
     def save(m, folder):
         folder = Path(folder); m.save_pretrained(folder); processor.save_pretrained(folder)
-    splits = synth_splits(cfg)
-    return Job(student, splits["train"], AnswerCollator(processor), lambda m, b: step_losses(m, b).terms, save,
-               evaluate=synth_evaluator(cfg, processor, splits["validation"]), step_losses=step_losses,
-               description=f"{cfg.job}: student with Mamba layers {mamba}, aligned layers {layers}, terms {terms}, weighting {cfg.weighting}, {cfg.alignment} alignment")
+    what = f"{cfg.job}: student with Mamba layers {mamba}, aligned layers {layers}, terms {terms}, weighting {cfg.weighting}, {cfg.alignment} alignment"
+    if cfg.dataset is None:  # HEED-Synth, one image and one question per row: the committed experiments' path
+        splits = synth_splits(cfg)
+        return Job(student, splits["train"], AnswerCollator(processor), lambda m, b: step_losses(m, b).terms, save,
+                   evaluate=synth_evaluator(cfg, processor, splits["validation"]), step_losses=step_losses, description=what)
+    from heed.data import ConversationEncoder, load_data
+    data = load_data(cfg.dataset, cfg.seed, cfg.heldout, cfg.eval_dataset, cfg.data)
+    evaluators = [e for e in (data_evaluator(cfg, processor, data.heldout, step_losses),
+                              synth_evaluator(cfg, processor, synth_splits(cfg)["validation"]) if data.synth_only else None) if e]
+    evaluate = (lambda m: {k: v for e in evaluators for k, v in e(m).items()}) if evaluators else None
+    return Job(student, data.train, processor.collate, lambda m, b: step_losses(m, b).terms, save, evaluate=evaluate,
+               step_losses=step_losses, encode=ConversationEncoder(processor, cfg.max_tokens), max_tokens=cfg.max_tokens,
+               description=f"{what}; data {[s.path for s in data.sources]}, {len(data.heldout)} held out")
+
+def _fsdp_launch() -> bool:
+    "Launched by `accelerate launch` with an FSDP config, the process group up."
+    import os
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and torch.distributed.is_initialized()
+
+def shard_frozen(model, layer_types: Sequence[str] = ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock")):
+    """Shard a frozen model with FSDP2 across the process group: each decoder layer and vision block, then the rest.
+    Its forwards gather one layer at a time; no gradients, no optimizer state. Returns the model."""
+    from torch.distributed.fsdp import fully_shard
+    for m in model.modules():
+        if type(m).__name__ in layer_types: fully_shard(m)
+    fully_shard(model)
+    return model
 
 def pretrain_job(cfg: TrainConfig, device) -> Job:
     "Train the toy teacher: the job of the teacher recipe (heed.recipe.teacher_job)."
@@ -594,3 +753,29 @@ JOB_BUILDERS = dict(pretrain=pretrain_job, align=align_job, distill=distill_job,
 def build_job(cfg: TrainConfig, device) -> Job:
     "The Job for `cfg.job`."
     return JOB_BUILDERS[cfg.job](cfg, device)
+
+# %% ../nbs/09_train.ipynb #4469c739
+def processor_for(cfg: TrainConfig):
+    "The processor a student job of `cfg` encodes with — its teacher's (or init's), with the config's pixel range and max_length — without loading weights."
+    from heed.teacher import VLProcessor
+    src = cfg.teacher or cfg.init
+    if not src: raise ValueError(f"job={cfg.job!r} names no teacher or init checkpoint to take the processor from")
+    p = Path(src).expanduser()
+    p = p.resolve() if p.exists() else home_path(src)
+    proc = VLProcessor.from_pretrained(p, max_length=cfg.max_length)
+    if cfg.min_pixels is not None or cfg.max_pixels is not None: proc.set_pixels(cfg.min_pixels, cfg.max_pixels)
+    return proc
+
+def first_examples(cfg: TrainConfig, n: int) -> list[dict]:
+    "The first `n` canonical examples training reads (step 0 on, process 0 of one), from `dataset` or HEED-Synth."
+    from heed.data import load_data
+    data = load_data(cfg.dataset if cfg.dataset is not None else "heed-synth", cfg.seed, cfg.heldout if cfg.dataset is not None else 0,
+                     cfg.eval_dataset, cfg.data)
+    if not hasattr(data.train, "__len__"):
+        it = iter(data.train)
+        return [next(it) for _ in range(n)]
+    out, step = [], 0
+    while len(out) < n:
+        out += [data.train[i] for i in batch_indices(step, len(data.train), cfg.batch_size, cfg.seed)]
+        step += 1
+    return out[:n]
