@@ -104,6 +104,14 @@ class Qwen3VLHybridConfig(Qwen3VLConfig):
     "Qwen3-VL's config under the student's own `model_type`, so that transformers' Auto classes never mistake a student for a teacher."
     model_type = "qwen3_vl_hybrid"
 
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        "transformers' reading of config.json, where a student saved before this type existed (`qwen3_vl` with `mamba_layers`) reads as this type."
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") == Qwen3VLConfig.model_type and (config_dict.get("text_config") or {}).get("mamba_layers"):
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
 class Qwen3VLHybridForConditionalGeneration(Qwen3VLForConditionalGeneration):
     "Qwen3-VL whose text layers listed in `config.text_config.mamba_layers` mix tokens with Mamba-2 instead of attention."
     config_class = Qwen3VLHybridConfig
@@ -127,9 +135,10 @@ class Qwen3VLHybridForConditionalGeneration(Qwen3VLForConditionalGeneration):
     def save_pretrained(self, save_directory, *args, **kwargs):
         "transformers' save, plus the self-contained modeling file and the `auto_map` that load it with `trust_remote_code=True`."
         self.config.auto_map = AUTO_MAP
-        out = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True): write_remote_code(save_directory)
-        return out
+        if kwargs.get("is_main_process", True):  # before the weights, so that a push_to_hub at the end of the save includes it
+            Path(save_directory).mkdir(parents=True, exist_ok=True)
+            write_remote_code(save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 # %% ../nbs/03_hybrid.ipynb #ad8869c7

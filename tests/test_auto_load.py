@@ -69,9 +69,9 @@ print("\\nERRORS " + json.dumps(errors))
 """
 
 
-def child(code: str, *args, cwd, timeout=300) -> subprocess.CompletedProcess:
+def child(code: str, *args, cwd, timeout=300, verbosity="error") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1",
-           "HF_HOME": str(Path(cwd) / "hf_home"), "TRANSFORMERS_VERBOSITY": "error"}
+           "HF_HOME": str(Path(cwd) / "hf_home"), "TRANSFORMERS_VERBOSITY": verbosity}
     env.pop("PYTHONPATH", None)
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
@@ -182,7 +182,7 @@ with torch.no_grad():
                tokens=model.generate(**x["text"], max_new_tokens=5, do_sample=False, pad_token_id=pad),
                image_tokens=model.generate(**x["image"], max_new_tokens=5, do_sample=False, pad_token_id=pad))
 model.save_pretrained(sys.argv[2] + ".again")
-torch.save(dict(out, cls=type(model).__name__, processor=type(proc).__name__), sys.argv[2])
+torch.save(dict(out, cls=type(model).__name__, model_type=model.config.model_type, processor=type(proc).__name__), sys.argv[2])
 """
 
 
@@ -206,10 +206,11 @@ def test_load_model_new_and_old_students(tmp_path):
     (old / f"{REMOTE_MODULE}.py").unlink()
     ref = outputs(s, x, s.config.text_config.pad_token_id)
     for d in (new, old):
-        r = child(LOAD_MODEL, d, tmp_path / f"{d.name}.pt", cwd=tmp_path)
+        r = child(LOAD_MODEL, d, tmp_path / f"{d.name}.pt", cwd=tmp_path, verbosity="warning")  # warnings show
         assert r.returncode == 0, r.stderr[-3000:]
         got = torch.load(tmp_path / f"{d.name}.pt")
         assert got["cls"] == "Qwen3VLHybridForConditionalGeneration" and got["processor"] == "VLProcessor", got
+        assert got["model_type"] == "qwen3_vl_hybrid" and "to instantiate a model of type" not in r.stderr, r.stderr[-2000:]
         saved = json.loads((tmp_path / f"{d.name}.pt.again" / "config.json").read_text())
         assert saved["model_type"] == "qwen3_vl_hybrid" and "auto_map" in saved   # an old student saved again is a new one
         check_same(got, ref)
