@@ -475,7 +475,7 @@ def load_teacher(path, device=None, dtype=None, max_length: int | None = None) -
 def load_model(path, device=None, dtype=None):
     """A teacher or a hybrid student from a checkpoint folder, with its processor: (model, processor). A relative path is
     taken as typed when it exists from the working directory, else relative to the project root."""
-    from transformers import AutoConfig
+    from heed.hybrid import AutoConfig  # importing heed.hybrid registers the student's model type (qwen3_vl_hybrid)
     path = input_path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a model folder written by heed train, or a Qwen3-VL checkpoint)")
