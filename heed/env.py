@@ -62,9 +62,10 @@ def shipped_dir() -> Path:
     return _package_dir() / "_shipped"
 
 def input_path(p) -> Path:
-    "A path to read: absolute as given; else under the project root or cwd; outside a clone, the shipped copy when only that exists."
+    "A path to read: absolute as given; else as typed when it exists from cwd; else under the project root (or cwd outside a clone); outside a clone, the shipped copy when only that exists."
     p = Path(p).expanduser()
     if p.is_absolute(): return p
+    if p.exists(): return p.resolve()  # as typed in this shell
     here = home_dir() / p
     if not here.exists() and not _is_root(home_dir()):
         shipped = shipped_dir() / p
