@@ -69,9 +69,10 @@ def memory_plan(config, job: str = "distill", world: int = 1, tokens: int = 4096
     out["activations"] = acts + (n_align * tokens * H * a if job != "sft" else 0)
     out["logits"] = (3 if job != "sft" else 2) * tokens * V * a
     out["teacher"] = shard(a * teacher["total"]) if job != "sft" else 0
-    if world > 1:  # one decoder layer gathered (and the next prefetched) for the student, one for the teacher
+    if world > 1:  # per model: one decoder layer gathered and the next prefetched, and the root unit (embeddings, head, vision tower)
         layer = (student["total"] - student["vision"] - student["embed"] - student["lm_head"]) / L
-        out["fsdp_buffers"] = 2 * layer * a * (2 if job != "sft" else 1)
+        root = student["embed"] + student["lm_head"] + student["vision"]
+        out["fsdp_buffers"] = (2 * layer + root) * a * (2 if job != "sft" else 1)
     # gradients fill in as the backward frees the activations: the peak is the larger of the two, not their sum
     out["total"] = sum(v for k, v in out.items() if k not in ("gradients", "activations", "logits")) + max(
         out["gradients"], out["activations"] + out["logits"])
@@ -185,7 +186,7 @@ def plan_run(cfg, gpus: int = 1, gpu_mem_gib: float = 80.0) -> dict:
 
 _ROWS = [("student_weights", "student weights (fp32 master)"), ("gradients", "gradients (fp32)"),
          ("optimizer", "optimizer (AdamW, 2 x fp32)"), ("activations", "activations"), ("logits", "logits (student, teacher, grad)"),
-         ("teacher", "teacher (frozen)"), ("fsdp_buffers", "FSDP gathered layers")]
+         ("teacher", "teacher (frozen)"), ("fsdp_buffers", "FSDP gathered (layers, root)")]
 
 def format_plan(r: dict) -> str:
     "The plan as the table `heed plan` prints."

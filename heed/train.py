@@ -251,12 +251,13 @@ def preset(name: str) -> dict:
 ACCELERATE_CONFIGS = {
     # CPUs: no config file needed, `accelerate launch --multi_gpu --num_processes 2 -m heed.cli train ...` runs torchrun,
     # and train() picks gloo DDP on a machine without CUDA (a MULTI_CPU config would go through mpirun instead).
-    # GPUs: the student is sharded per decoder layer / vision block; the frozen teacher is not wrapped
-    # (8B in bf16 is 16 GB per GPU), and frozen parameters (the vision tower) need use_orig_params.
+    # GPUs: the student is sharded per text decoder layer; the frozen teacher likewise, by heed.train.shard_frozen. The vision
+    # tower stays in the root unit, gathered at every forward: a text-only micro-batch skips the tower, and FSDP's collectives
+    # need every process to run the same sharded modules. Frozen parameters (the vision tower) need use_orig_params.
     "fsdp-gpu-8": dict(compute_environment="LOCAL_MACHINE", distributed_type="FSDP", num_processes=8, num_machines=1,
                        machine_rank=0, mixed_precision="bf16", use_cpu=False, main_training_function="main",
                        fsdp_config=dict(fsdp_version=2, fsdp_auto_wrap_policy="TRANSFORMER_BASED_WRAP",
-                                        fsdp_transformer_layer_cls_to_wrap="Qwen3VLTextDecoderLayer,Qwen3VLVisionBlock",
+                                        fsdp_transformer_layer_cls_to_wrap="Qwen3VLTextDecoderLayer",
                                         fsdp_state_dict_type="SHARDED_STATE_DICT", fsdp_cpu_ram_efficient_loading=True,
                                         fsdp_reshard_after_forward=True, fsdp_use_orig_params=True,
                                         fsdp_activation_checkpointing=True)),
@@ -503,19 +504,23 @@ def train(cfg: TrainConfig, job_builder: Callable | None = None, max_steps: int 
     return result
 
 def _evaluate(acc, job: Job, module, step: int, log) -> dict:
-    """Run the job's evaluator (on the main process; on every process under FSDP, whose forwards are collective) and log
-    it. A failing evaluator is reported — {'error': ...} in the log and the result — not raised: training is done."""
+    """Run the job's evaluator on the main process and log it. A failing evaluator is reported — {'error': ...} in the log
+    and the result — not raised: training is done. Under FSDP the model's forwards are collective and generation lengths
+    differ between processes, so in-loop evaluation is skipped there: evaluate model/ afterwards (heed eval)."""
     from accelerate.utils import DistributedType
     res = {}
-    if acc.is_main_process or acc.distributed_type == DistributedType.FSDP:
+    if acc.distributed_type == DistributedType.FSDP:
+        if acc.is_main_process: print(f"heed train: step {step}: in-loop evaluation is skipped under FSDP; evaluate model/ with heed eval", file=sys.stderr)
+        return {"error": "skipped under FSDP"}
+    if acc.is_main_process:
         module.eval()
         try:
-            with torch.no_grad(): res = job.evaluate(acc.unwrap_model(module) if acc.distributed_type != DistributedType.FSDP else module)
+            with torch.no_grad(): res = job.evaluate(acc.unwrap_model(module))
         except Exception as e:
             res = {"error": f"{type(e).__name__}: {e}"}
             print(f"heed train: step {step}: evaluation failed ({res['error']}); training goes on", file=sys.stderr)
         module.train()
-        if acc.is_main_process: log(dict(step=step, **{f"eval/{k}": v for k, v in res.items()}))
+        log(dict(step=step, **{f"eval/{k}": v for k, v in res.items()}))
     acc.wait_for_everyone()
     return res
 
@@ -676,7 +681,6 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
         if getattr(teacher.config.text_config, "mamba_layers", None):
             raise ValueError(f"teacher={cfg.teacher!r} is a hybrid student (mamba_layers set); expected a transformer teacher")
         teacher.requires_grad_(False).eval()
-        if _fsdp_launch(): shard_frozen(teacher)  # the frozen teacher sharded beside the student, not replicated per GPU
     if cfg.init:
         if cfg.student: raise ValueError(f"student={cfg.student}: hybridize arguments apply to a student made from the teacher, not to init={cfg.init!r}")
         student, sp = load_model(cfg.init, device)
@@ -685,7 +689,9 @@ def _student_job(cfg: TrainConfig, device, terms: tuple) -> Job:
         student = hybridize(teacher, **cfg.student).float()  # a deep copy (float32 master weights): the teacher stays intact
     else:
         raise ValueError(f"job {cfg.job!r} needs init=STUDENT_DIR or teacher=TEACHER_DIR")
-    if teacher is not None: check_pair(teacher, student)
+    if teacher is not None:
+        check_pair(teacher, student)
+        if _fsdp_launch(): shard_frozen(teacher)  # after the student is copied from it: sharded beside the student, not replicated
     mamba = mamba_layers_of(student)
     if not mamba and cfg.job == "align": raise ValueError("align needs a hybrid student with Mamba layers; this one has none")
     layers = list(cfg.align_layers) if cfg.align_layers is not None else mamba
@@ -728,9 +734,10 @@ def _fsdp_launch() -> bool:
     import os
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and torch.distributed.is_initialized()
 
-def shard_frozen(model, layer_types: Sequence[str] = ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock")):
-    """Shard a frozen model with FSDP2 across the process group: each decoder layer and vision block, then the rest.
-    Its forwards gather one layer at a time; no gradients, no optimizer state. Returns the model."""
+def shard_frozen(model, layer_types: Sequence[str] = ("Qwen3VLTextDecoderLayer",)):
+    """Shard a frozen model with FSDP2 across the process group: each text decoder layer, then the rest (embeddings, head
+    and the vision tower, which a text-only micro-batch skips: sharded per block, one process would gather blocks the
+    other does not). Its forwards gather one layer at a time; no gradients, no optimizer state. Returns the model."""
     from torch.distributed.fsdp import fully_shard
     for m in model.modules():
         if type(m).__name__ in layer_types: fully_shard(m)

@@ -237,3 +237,4 @@ def test_fsdp2_on_cpu_teacher_sharded_beside_the_student(world, tmp_path):
     res = json.loads(out.read_text())
     for k, v in res["ref"].items(): assert abs(res["losses"][0][k] - v) <= 1e-4 * max(1.0, abs(v)), (k, res)
     assert res["losses"][1]["align"] != res["losses"][0]["align"]  # the optimizer step moved the sharded student
+
