@@ -13,6 +13,7 @@ import torch
 
 from .align import decoder_parts
 from .density import visual_mask
+from .probe import answer_region
 
 # %% auto #0
 __all__ = ['mixer_ablation', 'split_means', 'ablation_summary', 'answer_token_weight', 'visual_share']
@@ -77,12 +78,7 @@ def answer_token_weight(weights: torch.Tensor, boxes, token_px: int) -> float:
     "Mean of one image's (rows, cols) token weights over the tokens that overlap any answer box [x0, y0, x1, y1)."
     w = torch.as_tensor(weights).float()
     R, C = w.shape
-    x0, y0 = torch.arange(C) * token_px, torch.arange(R) * token_px
-    hit = torch.zeros(R, C, dtype=torch.bool)
-    for bx0, by0, bx1, by1 in boxes:
-        ox = (torch.clamp(x0 + token_px, max=bx1) - torch.clamp(x0, min=bx0)) > 0
-        oy = (torch.clamp(y0 + token_px, max=by1) - torch.clamp(y0, min=by0)) > 0
-        hit |= oy[:, None] & ox[None, :]
+    hit = torch.as_tensor(answer_region(boxes, (R, C), token_px)).reshape(R, C)
     if not hit.any(): raise ValueError(f"no token of a {R}x{C} grid ({token_px} px) overlaps the boxes {list(boxes)}")
     return float(w[hit].mean())
 
