@@ -15,12 +15,12 @@ import yaml
 from .env import home_path, replace_dir_atomic, write_text_atomic
 from .teacher import model_inputs
 from .files import read_jsonl
-from .train import (_PROFILE_SCALE, TEACHER_WORLD, Job, TrainConfig, load_config, preset, synth_evaluator,
+from .train import (_PROFILE_SCALE, TEACHER_WORLD, Job, TrainConfig, find_checkpoint, load_config, preset, synth_evaluator,
                         synth_splits, train)
 
 # %% auto #0
-__all__ = ['AUX_LOSSES', 'WORLD_V1', 'TEACHER_RECIPE', 'AuxHeads', 'reading_layer', 'glyph_loss', 'centre_loss',
-           'TeacherWithHeads', 'teacher_job', 'train_teacher', 'assemble_teacher']
+__all__ = ['AUX_LOSSES', 'WORLD_V1', 'TEACHER_RECIPE', 'WORLD_V2', 'MODEL_V2', 'TEACHER_RECIPE_V2', 'AuxHeads', 'reading_layer',
+           'glyph_loss', 'centre_loss', 'TeacherWithHeads', 'teacher_job', 'train_teacher', 'assemble_teacher']
 
 # %% ../nbs/09a_recipe.ipynb #ea0ed0ef
 AUX_LOSSES = ("glyph", "scene_cell", "scene_colour", "scene_centre", "ground", "decoder_glyph")
@@ -160,7 +160,22 @@ TEACHER_RECIPE = (
                 eval_examples=512)),
 )
 
-def _stage_config(name: str, ov: dict, stages: Path, profile: str) -> TrainConfig:
+#: World v2 (issue #15): the same questions on 256-px canvases (64 visual tokens instead of 16) with the glyphs off the
+#: token grid, so that a character can straddle two merged tokens and reading must combine neighbouring visual tokens.
+WORLD_V2 = dict(TEACHER_WORLD, image_size=256, grid_aligned=False)
+#: The v2 teacher's decoder: 8 layers (a 3:1 student keeps attention in layers 3 and 7) and no DeepStack, so the vision
+#: features enter the decoder once, at the embedding, and the layers a student replaces are the ones that read.
+MODEL_V2 = {"text": {"num_hidden_layers": 8}, "vision": {"deepstack_visual_indexes": []}}
+#: No glyph head on the vision tower: reading is supervised inside the decoder (`decoder_glyph`, at the input of layer 3).
+_AUX_V2 = {"scene_cell": 1.0, "scene_colour": 1.0, "scene_centre": 1.0, "ground": 1.0, "decoder_glyph": 1.0}
+
+#: The v2 teacher's recipe (in progress: stages are added as each is measured; `data/teacher-v2/` holds the runs).
+TEACHER_RECIPE_V2 = (
+    ("v2a", dict(data=dict(WORLD_V2, n_train=40000), model=MODEL_V2, aux=_AUX_V2, log_every=50, eval_examples=256)),
+)
+
+def _stage_config(name: str, ov: dict, stages: Path, profile: str, resume: bool = False) -> TrainConfig:
+    "The config of one stage; `resume=True` continues the stage's own interrupted run (its folder holds a checkpoint)."
     ov = dict(ov)
     cont, init = ov.pop("continue", None), ov.pop("init", None)
     if profile == "smoke":  # the same chain at CI size: a few steps per stage, the smoke data sizes
@@ -169,21 +184,34 @@ def _stage_config(name: str, ov: dict, stages: Path, profile: str) -> TrainConfi
         ov["eval_examples"] = 8
         if "data" in ov: ov["data"] = dict(ov["data"], **_PROFILE_SCALE["smoke"]["data"])
     if cont:
-        if (stages / name).exists(): shutil.rmtree(stages / name)
-        shutil.copytree(stages / cont, stages / name, ignore=shutil.ignore_patterns("model", "result.json"))
+        if not resume:
+            if (stages / name).exists(): shutil.rmtree(stages / name)
+            shutil.copytree(stages / cont, stages / name, ignore=shutil.ignore_patterns("model", "result.json"))
         base = yaml.safe_load((stages / cont / "config.yaml").read_text())
         return load_config(base | ov | {"output_dir": str(stages / name), "resume": True})
-    d = preset(f"pretrain-{profile}") | ov | {"output_dir": str(stages / name)}
+    d = preset(f"pretrain-{profile}") | ov | {"output_dir": str(stages / name), "resume": resume}
     if init: d["init"] = str(stages / init / "model")
     return load_config(d)
 
-def train_teacher(output_dir, profile: str = "small", recipe=TEACHER_RECIPE, progress: bool = True, log=print) -> dict:
-    "Run the teacher recipe's stages into `output_dir/stages/<name>`, then assemble `output_dir` (see `assemble_teacher`)."
+def _stage_finished(folder: Path) -> bool:
+    r = folder / "result.json"
+    try: done = r.is_file() and bool(json.loads(r.read_text()).get("finished"))
+    except (OSError, ValueError): return False
+    return done and (folder / "model" / "config.json").is_file()
+
+def train_teacher(output_dir, profile: str = "small", recipe=TEACHER_RECIPE, progress: bool = True, log=print,
+                  resume: bool = True) -> dict:
+    """Run the teacher recipe's stages into `output_dir/stages/<name>`, then assemble `output_dir` (see `assemble_teacher`).
+    With `resume` (the default) an interrupted replay goes on where it stopped: a finished stage is kept, a stage whose folder
+    holds a checkpoint continues from it; `resume=False` starts every stage afresh."""
     if profile not in _PROFILE_SCALE: raise ValueError(f"profile={profile!r}: expected one of {tuple(_PROFILE_SCALE)}")
     root = home_path(output_dir); stages = root / "stages"
     stages.mkdir(parents=True, exist_ok=True)
     for name, ov in recipe:
-        cfg = _stage_config(name, ov, stages, profile)
+        folder = stages / name
+        if resume and _stage_finished(folder):
+            log(f"teacher stage {name}: finished earlier, kept"); continue
+        cfg = _stage_config(name, ov, stages, profile, resume=resume and find_checkpoint(folder) is not None)
         log(f"teacher stage {name}: {cfg.steps} steps" + (f", from {cfg.init}" if cfg.init else "") + (", resumed" if cfg.resume else ""))
         train(cfg, progress=progress)
     result = assemble_teacher(root, recipe)
