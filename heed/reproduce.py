@@ -81,6 +81,7 @@ EXPERIMENT_SIZES = {
         "drift_masking": dict(seeds=STUDENT_SEEDS["smoke"], probe_examples=16),
         "proxy_comparison": dict(probe_examples=16),
         "attribution": dict(seeds=STUDENT_SEEDS["smoke"], ig_examples=4, gxa_examples=8, ig_steps=8, all_layers=False),
+        "three_arms": dict(seeds=[0], align_steps=2, distill_steps=2, distill_lr=1e-3, batch_size=4, test_examples=16, n_train=32),
     },
     "small": {
         "synth_examples": dict(per_category=5, stats_examples=700),
@@ -93,6 +94,9 @@ EXPERIMENT_SIZES = {
         "drift_masking": dict(seeds=STUDENT_SEEDS["small"], probe_examples=1024),
         "proxy_comparison": dict(probe_examples=1024),
         "attribution": dict(seeds=STUDENT_SEEDS["small"], ig_examples=48, gxa_examples=192, ig_steps=32, all_layers=True),
+        # world v2, >= 5 seeds and >= 1,024 held-out examples (issue #15); students committed, trained by --retrain
+        "three_arms": dict(seeds=[0, 1, 2, 3, 4], align_steps=200, distill_steps=1000, distill_lr=1e-3, batch_size=16,
+                           test_examples=1024, n_train=None),
     },
     "full": {
         "synth_examples": dict(per_category=8, stats_examples=3500),
@@ -104,6 +108,8 @@ EXPERIMENT_SIZES = {
         "drift_masking": dict(seeds=STUDENT_SEEDS["full"], probe_examples=4096),
         "proxy_comparison": dict(probe_examples=4096),
         "attribution": dict(seeds=STUDENT_SEEDS["full"], ig_examples=256, gxa_examples=1024, ig_steps=32, all_layers=True),
+        "three_arms": dict(seeds=[0, 1, 2, 3, 4, 5, 6, 7], align_steps=300, distill_steps=3000, distill_lr=1e-3, batch_size=32,
+                           test_examples=4096, n_train=None),
     },
 }
 
