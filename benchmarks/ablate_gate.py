@@ -34,7 +34,7 @@ def held_out_align_loss(cfg, n: int, batch: int = 32) -> float:
     "Mean align loss of `cfg`'s job (its init student against its teacher) over the first n validation examples."
     job = align_job(cfg, torch.device("cpu"))
     job.module.eval()
-    from heed.train import synth_splits
+    from heed.data import synth_splits
     val = synth_splits(cfg)["validation"]
     total, count = 0.0, 0
     with torch.no_grad():

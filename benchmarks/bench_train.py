@@ -32,7 +32,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from heed.teacher import build_toy_teacher, save_teacher
-    from heed.train import build_job, load_config, synth_splits
+    from heed.data import synth_splits
+    from heed.train import build_job, load_config
     from heed.teacher import model_inputs
     out = {}
     with tempfile.TemporaryDirectory() as t:

@@ -176,8 +176,8 @@ def _config_arguments(p, what: str, example: str) -> None:
     p.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
 
 def _cmd_data(args) -> int:
-    from heed.data import format_inspection, inspect_examples
-    from heed.train import first_examples, load_config, processor_for
+    from heed.data import first_examples, format_inspection, inspect_examples, processor_for
+    from heed.train import load_config
     cfg = load_config(args.config, args.overrides)
     if args.n < 1: raise ValueError(f"--n {args.n}: expected at least 1")
     processor = processor_for(cfg)

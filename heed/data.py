@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import os
 import re
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -17,11 +21,14 @@ import torch
 
 from .env import home_path
 
+logger = logging.getLogger("heed.data")
+
 # %% auto #0
-__all__ = ['FORMATS', 'SYNTH_NAMES', 'ROLES', 'CONVERTERS', 'DatasetUnavailable', 'Source', 'parse_sources', 'llava_example',
-           'messages_example', 'synth_example', 'detect_format', 'open_source', 'synth_dataset', 'Conversations',
-           'Mixture', 'StreamMixture', 'DataSplits', 'load_data', 'Skipped', 'ConversationEncoder',
-           'pack_micro_batches', 'StepStream', 'inspect_examples', 'format_inspection']
+__all__ = ['logger', 'FORMATS', 'SYNTH_NAMES', 'ROLES', 'CONVERTERS', 'DatasetUnavailable', 'Source', 'parse_sources',
+           'llava_example', 'messages_example', 'synth_example', 'detect_format', 'open_source', 'synth_dataset',
+           'Conversations', 'Mixture', 'StreamMixture', 'DataSplits', 'load_data', 'batch_indices', 'Skipped',
+           'ConversationEncoder', 'pack_micro_batches', 'StepStream', 'synth_splits', 'WarningTally', 'synth_evaluator',
+           'data_evaluator', 'inspect_examples', 'format_inspection', 'processor_for', 'first_examples']
 
 # %% ../nbs/08a_data.ipynb #24c2c0cc
 FORMATS = ("llava", "messages", "synth")
@@ -410,6 +417,26 @@ def _first(it, n: int) -> list:
         if len(out) >= n: break
     return out
 
+# %% ../nbs/08a_data.ipynb #a21e08f6
+def batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    "Indices into a dataset of size `n` for global step `step`, for process `rank` of `world`."
+    if n < 1: raise ValueError(f"dataset of size {n}: expected at least one example")
+    start = step * batch_size
+    out = []
+    for pos in range(start, start + batch_size):
+        epoch, i = divmod(pos, n)
+        perm = _perm(n, seed + epoch)
+        out.append(perm[i])
+    return out[rank::world]
+
+_PERMS: dict = {}
+def _perm(n: int, seed: int) -> list[int]:
+    key = (n, seed)
+    if key not in _PERMS:
+        if len(_PERMS) > 4: _PERMS.clear()
+        _PERMS[key] = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return _PERMS[key]
+
 # %% ../nbs/08a_data.ipynb #4da99059
 class Skipped(NamedTuple):
     "An example the loader left out, and why."
@@ -462,7 +489,7 @@ class StepStream(torch.utils.data.IterableDataset):
     DataLoader and the workers decode images while the model trains. Worker w takes the steps ≡ w (mod workers), which
     the DataLoader returns in order, so the sequence of batches does not depend on the number of workers.
 
-    Map-style data: `order(step)` gives this process's indices for a step (heed.train.batch_indices), so a resumed run
+    Map-style data: `order(step)` gives this process's indices for a step (batch_indices), so a resumed run
     reads exactly what an uninterrupted one would. Streamed data: the stream is read from its start, `batch_size`
     examples per step, this process keeping positions rank, rank + world, ...; resuming re-reads and drops the steps done."""
     def __init__(self, data, prepare: Callable, start: int, stop: int, order: Callable | None = None, batch_size: int = 1,
@@ -484,6 +511,126 @@ class StepStream(torch.utils.data.IterableDataset):
             if (step - self.start) % nw == wid: yield step, self.prepare(rows[self.rank::self.world])
 
 def _unbatched(x): return x
+
+# %% ../nbs/08a_data.ipynb #07f69f7c
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+def _collate_steps(collate, micro: int, grad_accum: int, rows: list) -> tuple[list, list]:
+    "A step's examples → grad_accum micro-batches of `micro` examples (the fixed-size path), nothing skipped."
+    return [collate(rows[m * micro:(m + 1) * micro]) for m in range(grad_accum)], []
+
+def _step_loader(job, cfg, start: int, stop: int, rank: int, world: int, micro: int):
+    "A DataLoader over steps start..stop-1 of this process (a StepStream): cfg.num_workers prepare steps ahead."
+    from functools import partial
+    prepare = job.encode or partial(_collate_steps, job.collate, micro, cfg.grad_accum)
+    order = (partial(batch_indices, n=len(job.dataset), batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+             if hasattr(job.dataset, "__len__") else None)
+    stream = StepStream(job.dataset, prepare, start, stop, order=order, batch_size=cfg.batch_size, rank=rank, world=world)
+    # its own generator: a DataLoader draws a seed when iterated, which must not move the global RNG a resumed run restored
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, collate_fn=_unbatched,
+                                       generator=torch.Generator().manual_seed(cfg.seed))
+
+def _micro_batches(job, prepared, cfg, acc, filler: dict, step: int) -> tuple[list, list]:
+    """[(batch, num, den)] of a step: the micro-batches and each one's share num/den of the step's loss, and what was skipped.
+
+    Encoded examples are packed to the token budget; every process runs as many micro-batches as the one that needs most
+    (padding with a zero-share copy of an earlier example where a process has too few)."""
+    payload, skipped = prepared
+    if job.encode is None: return [(b, 1, len(payload)) for b in payload], skipped
+    lengths = [len(e.input_ids) for e in payload]
+    k = len(pack_micro_batches(lengths, job.max_tokens, cfg.grad_accum)) if payload else 1
+    if acc.num_processes > 1: k = int(acc.gather(torch.tensor([k], device=acc.device)).max())
+    groups = pack_micro_batches(lengths, job.max_tokens, k) if payload else []
+    if payload: filler["example"] = payload[0]
+    elif "example" not in filler:
+        raise RuntimeError(f"step {step}: every example of this process's share was skipped (see skipped.jsonl); nothing to train on")
+    out = [(job.collate([payload[i] for i in g]), len(g), len(payload)) for g in groups]
+    out += [(job.collate([filler["example"]]), 0, 1)] * (k - len(out))
+    return out, skipped
+
+def _log_skipped(acc, path: Path, step: int, skipped: list) -> int:
+    "Append this process's skipped examples to skipped.jsonl (and stderr); returns how many all processes skipped this step."
+    if skipped:
+        with open(path, "a", encoding="utf-8") as f:
+            for s in skipped:
+                f.write(json.dumps(dict(step=step + 1, rank=acc.process_index, id=s.id, source=s.source, reason=s.reason)) + "\n")
+                print(f"heed train: step {step + 1}: skipped example {s.id} ({s.source}): {s.reason}", file=sys.stderr)
+    n = torch.tensor(float(len(skipped)), device=acc.device)
+    return int(acc.reduce(n, "sum").item()) if acc.num_processes > 1 else len(skipped)
+
+# %% ../nbs/08a_data.ipynb #c22a3cb6
+def synth_splits(cfg):
+    "The HEED-Synth DatasetDict a config (heed.train.TrainConfig) asks for (generated once, then read from data/cache)."
+    return synth_dataset(cfg.data)
+
+class WarningTally:
+    "Stands in for a logger during one evaluation: keeps its per-example warnings, and `summary()` says them in one line."
+    def __init__(self): self.calls = []
+    def warning(self, msg, *args): self.calls.append((msg, args))
+
+    def summary(self, n: int, what: str = "validation replies") -> str | None:
+        "One line: how many of the `n` examples warned, of which kinds (the message templates), and the first in full."
+        if not self.calls: return None
+        kinds = Counter(re.sub(r"^example %s: |\s*%r|\s*\(%s: %s\)", "", m) for m, _ in self.calls)
+        first = self.calls[0][0] % self.calls[0][1]
+        return (f"{len(self.calls)} warnings over {n} {what}: " + "; ".join(f"{c} x {k}" for k, c in kinds.most_common())
+                + f" (first: {first[:160]})")
+
+def synth_evaluator(cfg, processor, split):
+    """Greedy-generation accuracy on the first `eval_examples` validation examples, per category and overall (None if there
+    are none). A model that replies nothing (an untrained one) gets one warning line per evaluation, not one per example."""
+    n = min(cfg.eval_examples, len(split))
+    if n == 0: return None
+    rows = split.select(range(n))
+    def evaluate(model) -> dict:
+        from heed.evaluate import evaluate_model
+        tally = WarningTally()
+        res = evaluate_model(model, processor, rows, batch_size=32, progress=False, log=tally)
+        if line := tally.summary(n): logger.warning("%s", line)
+        return {k: round(float(v), 4) for k, v in res["scores"].items()}
+    return evaluate
+
+def _last_answer(ex: dict) -> str | None:
+    "The text of an example's final turn when it is the assistant's, else None."
+    last = ex["messages"][-1]
+    return "".join(p.get("text") or "" for p in last["content"]).strip() if last["role"] == "assistant" else None
+
+def data_evaluator(cfg, processor, heldout: list, step_losses: Callable, short_answer: int = 16, batch_size: int = 8):
+    """In-loop evaluation on your held-out examples (the first `eval_examples`): the job's loss terms — KD and alignment
+    against the teacher, or CE — averaged over the examples, and greedy exact match (heed.evaluate.exact_match) on those
+    whose last turn is an assistant answer of at most `short_answer` tokens. None when there is nothing to evaluate."""
+    rows = heldout[:cfg.eval_examples]
+    if not rows: return None
+    encode = ConversationEncoder(processor, cfg.max_tokens)
+    def evaluate(model) -> dict:
+        from heed.evaluate import exact_match
+        items, skipped = encode(rows)
+        res, n = {}, len(items)
+        if n:
+            device = next(model.parameters()).device
+            groups = pack_micro_batches([len(e.input_ids) for e in items], cfg.max_tokens, math.ceil(n / batch_size))
+            sums: dict = {}
+            for g in groups:
+                batch = _to_device(processor.collate([items[i] for i in g]), device)
+                for k, v in step_losses(model, batch).terms.items(): sums[k] = sums.get(k, 0.0) + float(v) * len(g) / n
+            res.update({k: round(v, 5) for k, v in sums.items()})
+        short = []
+        for ex in rows:
+            a = _last_answer(ex) if "error" not in ex else None
+            if a and len(processor.tokenizer(a, add_special_tokens=False).input_ids) <= short_answer: short.append((ex, a))
+        if short:
+            device, hits = next(model.parameters()).device, []
+            for s in range(0, len(short), batch_size):
+                chunk, enc = short[s:s + batch_size], []
+                for ex, _ in chunk: enc.append(processor.encode_conversation(ex["messages"][:-1], ex["images"], ex["id"], add_generation_prompt=True))
+                batch = _to_device(processor.collate(enc, padding_side="left", with_labels=False), device)
+                seq = model.generate(**batch, max_new_tokens=short_answer + 2, do_sample=False, eos_token_id=processor.im_end_id,
+                                     pad_token_id=processor.pad_token_id)
+                hits += [exact_match(p, a) for p, (_, a) in zip(processor.decode(seq[:, batch["input_ids"].shape[1]:]), chunk)]
+            res.update(exact_match=round(sum(hits) / len(hits), 4), n_exact_match=len(hits))
+        return {**res, "n": n, "skipped": len(skipped)}
+    return evaluate
 
 # %% ../nbs/08a_data.ipynb #277b580b
 def inspect_examples(processor, examples: Sequence[dict], top: int = 3) -> list[dict]:
@@ -521,3 +668,28 @@ def format_inspection(rec: dict) -> str:
         dense = ", ".join(f"({x['row']},{x['col']}) {x['density']}" for x in d)
         lines.append(f"-- image {k + 1}: {n} tokens ({g[0]}x{g[1]} grid); densest (row,col): {dense}")
     return "\n".join(lines)
+
+# %% ../nbs/08a_data.ipynb #4469c739
+def processor_for(cfg):
+    "The processor a student job of `cfg` encodes with — its teacher's (or init's), with the config's pixel range and max_length — without loading weights."
+    from heed.teacher import VLProcessor
+    src = cfg.teacher or cfg.init
+    if not src: raise ValueError(f"job={cfg.job!r} names no teacher or init checkpoint to take the processor from")
+    p = Path(src).expanduser()
+    p = p.resolve() if p.exists() else home_path(src)
+    proc = VLProcessor.from_pretrained(p, max_length=cfg.max_length)
+    if cfg.min_pixels is not None or cfg.max_pixels is not None: proc.set_pixels(cfg.min_pixels, cfg.max_pixels)
+    return proc
+
+def first_examples(cfg, n: int) -> list[dict]:
+    "The first `n` canonical examples training reads (step 0 on, process 0 of one), from `dataset` or HEED-Synth."
+    data = load_data(cfg.dataset if cfg.dataset is not None else "heed-synth", cfg.seed, cfg.heldout if cfg.dataset is not None else 0,
+                     cfg.eval_dataset, cfg.data)
+    if not hasattr(data.train, "__len__"):
+        it = iter(data.train)
+        return [next(it) for _ in range(n)]
+    out, step = [], 0
+    while len(out) < n:
+        out += [data.train[i] for i in batch_indices(step, len(data.train), cfg.batch_size, cfg.seed)]
+        step += 1
+    return out[:n]

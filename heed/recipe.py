@@ -14,9 +14,9 @@ import yaml
 
 from .env import home_path, replace_dir_atomic, write_text_atomic
 from .teacher import model_inputs
+from .data import synth_evaluator, synth_splits
 from .files import read_jsonl
-from .train import (_PROFILE_SCALE, TEACHER_WORLD, Job, TrainConfig, find_checkpoint, load_config, preset, synth_evaluator,
-                        synth_splits, train)
+from .train import _PROFILE_SCALE, TEACHER_WORLD, Job, TrainConfig, find_checkpoint, load_config, preset, train
 
 # %% auto #0
 __all__ = ['AUX_LOSSES', 'WORLD_V1', 'TEACHER_RECIPE', 'WORLD_V2', 'MODEL_V2', 'TEACHER_RECIPE_V2', 'AuxHeads', 'reading_layer',

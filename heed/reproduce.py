@@ -15,9 +15,9 @@ from pathlib import Path
 from .env import data_dir, figures_dir, home_dir, write_json_atomic
 
 # %% auto #0
-__all__ = ['PROFILES', 'DEFAULT_PROFILE', 'REQUIRED_PARAMETERS', 'STUDENT_SEEDS', 'EXPERIMENT_SIZES', 'check_profile',
-           'default_fig_dir', 'default_run_dir', 'resolve_dirs', 'experiments_dir', 'experiment_notebooks',
-           'experiment_sizes', 'NotebookFailed', 'NotebookRun', 'run_notebook', 'reproduce']
+__all__ = ['PROFILES', 'DEFAULT_PROFILE', 'REQUIRED_PARAMETERS', 'STUDENT_SEEDS', 'TIMED_DECODERS', 'EXPERIMENT_SIZES',
+           'check_profile', 'default_fig_dir', 'default_run_dir', 'resolve_dirs', 'experiments_dir',
+           'experiment_notebooks', 'experiment_sizes', 'NotebookFailed', 'NotebookRun', 'run_notebook', 'reproduce']
 
 # %% ../nbs/20_reproduce.ipynb #8ef8a1f7
 PROFILES = ("smoke", "small", "full")
@@ -70,10 +70,18 @@ def experiment_notebooks(nb_dir=None, only=None) -> list[Path]:
 #: Student seeds per profile: trained by 50_uniform_vs_heed, probed by 60_drift_masking and 62_attribution.
 STUDENT_SEEDS = {"smoke": [0], "small": [0, 1, 2], "full": [0, 1, 2, 3, 4]}
 
+#: The random-weight Qwen3-VL text decoders whose decoding 30_decode_efficiency and 70_efficiency time on one CPU thread:
+#: seconds-sized for smoke; for small and full the shape of the committed figures (full times longer contexts, more often).
+TIMED_DECODERS = {"smoke": dict(num_layers=4, hidden=128, heads=4, kv_heads=2, head_dim=32, vocab=512),
+                  "small": dict(num_layers=8, hidden=512, heads=16, kv_heads=8, head_dim=64, vocab=2048, intermediate=1024)}
+TIMED_DECODERS["full"] = TIMED_DECODERS["small"]
+
 EXPERIMENT_SIZES = {
     "smoke": {
         "synth_examples": dict(per_category=2, stats_examples=70),
         "density_maps": dict(synthetic_seeds=1, dpi=50, all_images=False),
+        "decode_efficiency": dict(shape=TIMED_DECODERS["smoke"], contexts=[128, 512], repeats=1, new_tokens=2),
+        "efficiency": dict(shape=TIMED_DECODERS["smoke"], contexts=[256, 1024], repeats=1, new_tokens=2),
         "teacher": dict(test_examples=32),
         "premise": dict(examples=8),
         "uniform_vs_heed": dict(seeds=STUDENT_SEEDS["smoke"], align_steps=2, distill_steps=2, distill_lr=1e-3, batch_size=4,
@@ -86,6 +94,9 @@ EXPERIMENT_SIZES = {
     "small": {
         "synth_examples": dict(per_category=5, stats_examples=700),
         "density_maps": dict(synthetic_seeds=4, dpi=100, all_images=True),
+        "decode_efficiency": dict(shape=TIMED_DECODERS["small"], contexts=[1024, 2048, 4096, 8192, 16384], repeats=3, new_tokens=6),
+        # toy contexts stop at 8k: beyond, page faults of the growing cache dominate a CPU step (70_efficiency says why)
+        "efficiency": dict(shape=TIMED_DECODERS["small"], contexts=[1024, 2048, 4096, 8192], repeats=3, new_tokens=4),
         "teacher": dict(test_examples=1024),
         "premise": dict(examples=512),
         # align 200 + distill 1,000 at lr 1e-3: chosen by measurement in 50_uniform_vs_heed (see its introduction)
@@ -101,6 +112,8 @@ EXPERIMENT_SIZES = {
     "full": {
         "synth_examples": dict(per_category=8, stats_examples=3500),
         "density_maps": dict(synthetic_seeds=12, dpi=130, all_images=True),
+        "decode_efficiency": dict(shape=TIMED_DECODERS["full"], contexts=[1024, 2048, 4096, 8192, 16384, 32768], repeats=5, new_tokens=8),
+        "efficiency": dict(shape=TIMED_DECODERS["full"], contexts=[1024, 2048, 4096, 8192, 16384], repeats=5, new_tokens=8),
         "teacher": dict(test_examples=4096),
         "premise": dict(examples=2048),
         "uniform_vs_heed": dict(seeds=STUDENT_SEEDS["full"], align_steps=300, distill_steps=3000, distill_lr=1e-3, batch_size=32,
