@@ -353,7 +353,7 @@ def write_lmms_tasks(data_dir, out, only=None, tasks_dir=None) -> dict:
     with the reason when missing."""
     import yaml
     from heed.benchmarks import BenchmarkUnavailable, resolve_names
-    from heed.train import write_text_atomic
+    from heed.env import write_text_atomic
     tasks_dir = Path(tasks_dir) if tasks_dir else lmms_tasks_dir()
     names = resolve_names("all", only)
     out, res = Path(out), {}
