@@ -8,14 +8,20 @@ One torch thread by default: on a shared 2-core machine two threads oversubscrib
 tenfold with the neighbours' load; one thread gives stable, comparable numbers (the ratio is what we report).
 
     .venv/bin/python benchmarks/bench_decode.py [--contexts 1024 2048 ...] [--repeats 3] [--new-tokens 8] [--threads 1]
-        [--cache dynamic growing] [--gate from_attention] [--xb kv] [--breakdown] [--json out.json]
+        [--cache dynamic growing] [--gate from_attention] [--xb kv] [--breakdown] [--mix-path] [--paired-steps 64] [--json out.json]
 
 --cache: transformers' DynamicCache (grows by torch.cat every step) and/or heed.hybrid.growing_cache (appends into a
 reserve); teacher and student always get the same kind. --breakdown: where a step's time goes at the largest context,
-by module kind (forward hooks; one extra measured pass per model). For the glibc effect measured in the issue-8
+by module kind (forward hooks; one extra measured pass per model). --mix-path: also time the same student with its Mamba
+layers decoding through `Mamba2Mixer.mix` (the reference path, what decoding ran before `step_`), interleaved with the other
+two in every repeat, so that a before/after comparison of the decode step runs under the same load. --paired-steps N: the
+finer version of that comparison at the largest context: N student tokens, each decoded through `step_` and through `mix`
+back to back (order alternating), the per-token ratio's median and quartiles; and one Mamba layer alone, N * 40 calls
+each way, interleaved. For the glibc effect measured in the issue-8
 section of RESULTS.md, run with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 in the environment.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +31,7 @@ import time
 import torch
 from transformers import Qwen3VLForConditionalGeneration
 
+import heed.mamba2
 from heed.hybrid import fill_cache, hybridize, measure_decode, tiny_qwen3vl_config
 from heed.mamba2 import Mamba2Mixer
 
@@ -38,6 +45,15 @@ def build(shape, seed=0, **student):
     teacher = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(**shape)).eval()
     student = hybridize(teacher, **student).eval()   # default layout: attention at layers 3 and 7
     return teacher, student
+
+
+@contextlib.contextmanager
+def mix_path():
+    "Inside: Mamba layers decode through `mix` (no cache slot is handed to `step_`)."
+    keep = heed.mamba2._decode_state
+    heed.mamba2._decode_state = lambda *args: None
+    try: yield
+    finally: heed.mamba2._decode_state = keep
 
 
 def kind_of(name: str, module) -> str | None:
@@ -75,14 +91,54 @@ def breakdown(model, ctx, steps=4, cache="dynamic"):
     return out
 
 
-def run(contexts, repeats, new_tokens, shape=SHAPE, log=print, cache="dynamic", student_kw=None):
+@torch.no_grad()
+def paired_steps(student, ctx, n, cache="dynamic"):
+    "Student decode steps at context ctx, through step_ and through mix alternately: medians (s) and the paired mix/step_ ratio."
+    filled = fill_cache(student, ctx, cache=cache)
+    student.model.rope_deltas = None
+    tok = torch.zeros(1, 1, dtype=torch.long)
+    t = {"step_": [], "mix": []}
+    for i in range(n + 4):
+        for name in (("step_", "mix") if i % 2 else ("mix", "step_")):
+            with (mix_path() if name == "mix" else contextlib.nullcontext()):
+                t0 = time.perf_counter(); student(input_ids=tok, cache=filled, use_cache=True); dt = time.perf_counter() - t0
+            if i >= 4: t[name].append(dt)   # 4 warm-up pairs
+    r = [m / s for m, s in zip(t["mix"], t["step_"])]
+    q = statistics.quantiles(r, n=4)
+    return dict(context=ctx, cache=cache, n=n, step_s=statistics.median(t["step_"]), mix_s=statistics.median(t["mix"]),
+                mix_over_step=statistics.median(r), q1=q[0], q3=q[2])
+
+
+@torch.no_grad()
+def paired_mixer(student, calls):
+    "One Mamba layer's decode call alone (small synthetic cache), through mix and through step_, interleaved; plus its two projections."
+    i = student.mamba_layers[0]
+    mx = student.model.language_model.layers[i].self_attn
+    filled = fill_cache(student, 64)
+    u = torch.randn(1, 1, mx.hidden_size)
+    t = {"mix": [], "step_": [], "projections": []}
+    for k in range(calls + calls // 10):
+        with mix_path():
+            t0 = time.perf_counter(); mx(hidden_states=u, attention_mask=None, cache=filled); dm = time.perf_counter() - t0
+        t0 = time.perf_counter(); mx(hidden_states=u, attention_mask=None, cache=filled); ds = time.perf_counter() - t0
+        t0 = time.perf_counter(); mx.out_proj(mx.in_proj(u)[..., :mx.d_inner]); dp = time.perf_counter() - t0
+        if k >= calls // 10:
+            t["mix"].append(dm); t["step_"].append(ds); t["projections"].append(dp)
+    out = {f"{k}_s": statistics.median(v) for k, v in t.items()}
+    out["mix_over_step"] = statistics.median([m / s for m, s in zip(t["mix"], t["step_"])])
+    return out
+
+
+def run(contexts, repeats, new_tokens, shape=SHAPE, log=print, cache="dynamic", student_kw=None, with_mix_path=False):
     teacher, student = build(shape, **(student_kw or {}))
+    models = [("teacher", teacher, contextlib.nullcontext), ("student", student, contextlib.nullcontext)]
+    if with_mix_path: models.append(("student_mix", student, mix_path))
     rows = []
     for ctx in contexts:
-        res = {"teacher": [], "student": []}
+        res = {name: [] for name, _, _ in models}
         for r in range(repeats):
-            for name, model in (("teacher", teacher), ("student", student)):
-                res[name].append(measure_decode(model, ctx, new_tokens=new_tokens, warmup=2, seed=r, cache=cache))
+            for name, model, path in models:
+                with path(): res[name].append(measure_decode(model, ctx, new_tokens=new_tokens, warmup=2, seed=r, cache=cache))
         row = dict(context=ctx, cache=cache)
         for name in res:
             tps = [m["tokens_per_s"] for m in res[name]]
@@ -92,11 +148,20 @@ def run(contexts, repeats, new_tokens, shape=SHAPE, log=print, cache="dynamic", 
         ratios = [s["tokens_per_s"] / t["tokens_per_s"] for t, s in zip(res["teacher"], res["student"])]
         row["speedup"] = statistics.median(ratios)
         row["speedup_min"], row["speedup_max"] = min(ratios), max(ratios)
+        if with_mix_path:
+            ratios = [s["tokens_per_s"] / t["tokens_per_s"] for t, s in zip(res["teacher"], res["student_mix"])]
+            row["speedup_mix"], row["speedup_mix_min"], row["speedup_mix_max"] = statistics.median(ratios), min(ratios), max(ratios)
+            ratios = [s["tokens_per_s"] / m["tokens_per_s"] for m, s in zip(res["student_mix"], res["student"])]
+            row["step_over_mix"], row["step_over_mix_min"], row["step_over_mix_max"] = statistics.median(ratios), min(ratios), max(ratios)
         row["cache_fraction"] = row["student_cache_bytes"] / row["teacher_cache_bytes"]
         rows.append(row)
         log(f"{cache:>8} {ctx:>6}  teacher {row['teacher_tok_s']:7.1f} tok/s  student {row['student_tok_s']:7.1f} tok/s  "
             f"speedup {row['speedup']:.2f}x [{row['speedup_min']:.2f}, {row['speedup_max']:.2f}]  "
             f"cache {row['teacher_cache_bytes'] / 2**20:8.1f} MiB vs {row['student_cache_bytes'] / 2**20:7.1f} MiB ({row['cache_fraction']:.1%})")
+        if with_mix_path:
+            log(f"{cache:>8} {ctx:>6}  student through mix {row['student_mix_tok_s']:7.1f} tok/s  speedup {row['speedup_mix']:.2f}x "
+                f"[{row['speedup_mix_min']:.2f}, {row['speedup_mix_max']:.2f}]  step_ over mix {row['step_over_mix']:.2f}x "
+                f"[{row['step_over_mix_min']:.2f}, {row['step_over_mix_max']:.2f}]")
     return rows
 
 
@@ -110,6 +175,8 @@ def main():
     ap.add_argument("--gate", default=None, help="hybridize's gate (default: its default)")
     ap.add_argument("--xb", default=None, help="hybridize's x/B layout (default: its default)")
     ap.add_argument("--breakdown", action="store_true", help="time per module kind at the largest context")
+    ap.add_argument("--mix-path", action="store_true", help="also time the student decoding through Mamba2Mixer.mix (before/after step_)")
+    ap.add_argument("--paired-steps", type=int, default=0, help="student tokens for the per-token step_ vs mix comparison (0: none)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -119,7 +186,7 @@ def main():
           f"MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}")
     rows = []
     for cache in a.cache:
-        rows += run(a.contexts, a.repeats, a.new_tokens, cache=cache, student_kw=student_kw)
+        rows += run(a.contexts, a.repeats, a.new_tokens, cache=cache, student_kw=student_kw, with_mix_path=a.mix_path)
     for r in rows:
         if r["context"] == 16384:
             print(f"at 16k ({r['cache']} cache): speedup {r['speedup']:.2f}x [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}] "
@@ -130,12 +197,26 @@ def main():
         teacher, student = build(SHAPE, **student_kw)
         ctx = max(a.contexts)
         for cache in a.cache:
-            for name, model in (("teacher", teacher), ("student", student)):
-                parts[f"{name}, {cache}"] = b = breakdown(model, ctx, cache=cache)
+            models = [("teacher", teacher, contextlib.nullcontext), ("student", student, contextlib.nullcontext)]
+            for name, model, path in models + ([("student through mix", student, mix_path)] if a.mix_path else []):
+                with path(): parts[f"{name}, {cache}"] = b = breakdown(model, ctx, cache=cache)
                 print(f"breakdown at {ctx}, {name}, {cache} cache: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in b.items()))
+    paired = []
+    if a.paired_steps:
+        teacher, student = build(SHAPE, **student_kw)
+        del teacher
+        m = paired_mixer(student, 40 * a.paired_steps)
+        print(f"one Mamba layer's decode call: mix {1e3 * m['mix_s']:.3f} ms, step_ {1e3 * m['step__s']:.3f} ms (paired mix/step_ "
+              f"{m['mix_over_step']:.2f}x), its two projections alone {1e3 * m['projections_s']:.3f} ms")
+        for cache in a.cache:
+            p = paired_steps(student, max(a.contexts), a.paired_steps, cache=cache)
+            paired.append(p)
+            print(f"student step at {p['context']}, {cache} cache: through mix {1e3 * p['mix_s']:.1f} ms, through step_ {1e3 * p['step_s']:.1f} ms, "
+                  f"paired mix/step_ {p['mix_over_step']:.3f} [quartiles {p['q1']:.3f}, {p['q3']:.3f}] over {p['n']} tokens")
+        paired.insert(0, m)
     print(f"total {time.time() - t0:.0f} s")
     if a.json:
-        with open(a.json, "w") as f: json.dump(dict(shape=SHAPE, student=student_kw, rows=rows, breakdown=parts), f, indent=1)
+        with open(a.json, "w") as f: json.dump(dict(shape=SHAPE, student=student_kw, rows=rows, breakdown=parts, paired=paired), f, indent=1)
 
 
 if __name__ == "__main__":

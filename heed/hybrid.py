@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from .env import write_text_atomic
-from .mamba2 import GATES, XB_LAYOUTS, Mamba2Mixer
+from .mamba2 import GATES, XB_LAYOUTS, Mamba2Mixer, Mamba2State, _store_state
 
 # %% auto #0
 __all__ = ['MAMBA_DEFAULTS', 'LEGACY_MAMBA', 'REMOTE_MODULE', 'AUTO_MAP', 'tiny_qwen3vl_config', 'resolve_layout',
@@ -275,8 +275,7 @@ def fill_cache(model, context_len: int, batch_size: int = 1, seed: int = 0, cach
             acc = torch.float64 if p.dtype == torch.float64 else torch.float32
             conv = torch.randn(batch_size, mixer.conv_dim, mixer.d_conv - 1, generator=g, device=p.device, dtype=p.dtype)
             ssm = torch.randn(batch_size, mixer.n_heads, mixer.head_dim, mixer.d_state, generator=g, device=p.device, dtype=acc)
-            cache.update_conv_state(conv, i, conv_kernel_size=mixer.d_conv - 1)
-            cache.update_recurrent_state(ssm, i)
+            _store_state(cache, i, Mamba2State(conv, ssm), mixer.d_conv, context_len)   # counts context_len tokens, as attention does
         else:
             shape = (batch_size, tc.num_key_value_heads, context_len, tc.head_dim)
             cache.update(torch.randn(shape, generator=g, device=p.device, dtype=p.dtype),

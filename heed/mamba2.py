@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ssd import ssd_scan, ssd_step
+from .ssd import ssd_scan, ssd_step, ssd_step_
 
 # %% auto #0
 __all__ = ['XB_LAYOUTS', 'GATES', 'Mamba2State', 'padding_mask_from_attention_mask', 'Mamba2Mixer']
@@ -65,6 +65,11 @@ def _rms(t: Tensor, weight: Tensor, eps: float) -> Tensor:
     acc = torch.float64 if t.dtype == torch.float64 else torch.float32
     ta = t.to(acc)
     return (ta * torch.rsqrt(ta.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc)).to(t.dtype)
+
+def _rms_fused(t: Tensor, weight: Tensor, eps: float) -> Tensor:
+    "`_rms` in fewer ops (F.rms_norm's normalisation, then the weight, which may be per group (G, d)); used when decoding."
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return (F.rms_norm(t.to(acc), (t.shape[-1],), None, eps) * weight.to(acc)).to(t.dtype)
 
 @torch.no_grad()
 def _last_real_columns(full: Tensor, real: Tensor, k: int) -> Tensor:
@@ -192,6 +197,30 @@ class Mamba2Mixer(nn.Module):
         if keep is not None: y = torch.where(keep, y, 0.0)
         return self.out_proj(y.to(u.dtype)), Mamba2State(new_conv, ssm)
 
+    @torch.no_grad()
+    def step_(self, u: Tensor, state: Mamba2State) -> Tensor:
+        """One decoding token at inference, `state` updated where it lies: u (batch, 1, hidden) -> y (batch, 1, hidden).
+        What `mix(u, state)` computes (tested), with a third of its ops. state.conv in u's dtype, state.ssm in the accumulation dtype."""
+        b = u.shape[0]
+        h, p, g, n = self.n_heads, self.head_dim, self.n_groups, self.d_state
+        z, xBC, dt_raw = self.in_proj(u[:, 0]).split([self.d_z, self.d_x + self.d_B + g * n, h], dim=-1)
+        if self.repeat_before_conv: xBC = self._widen_xb(xBC)
+        window = torch.cat([state.conv, xBC.unsqueeze(-1)], dim=-1)                   # (b, conv_dim, d_conv)
+        conv = (window * self.conv1d.weight[:, 0]).sum(-1)
+        if self.conv1d.bias is not None: conv += self.conv1d.bias
+        state.conv.copy_(window[..., 1:])
+        x, B, C = F.silu(conv).split([self.conv_dim - 2 * g * n if self.repeat_before_conv else self.d_x,
+                                      g * n if self.repeat_before_conv else self.d_B, g * n], dim=-1)
+        x, B, C = x.view(b, -1, p), B.view(b, -1, n), C.view(b, g, n)                 # x and B stay at their width: ssd_step_ repeats
+        if self.bc_norm: B, C = _rms_fused(B, self.B_norm_weight, self.norm_eps), _rms_fused(C, self.C_norm_weight, self.norm_eps)
+        acc = state.ssm.dtype
+        dt = F.softplus(dt_raw.to(acc) + self.dt_bias.to(acc))
+        y = ssd_step_(x, dt, -torch.exp(self.A_log.to(acc)), B, C, state.ssm, self.D).view(b, self.d_inner)
+        if self.gated: y = y * F.silu(z.to(y.dtype))
+        gs = self.norm_group_size
+        y = _rms_fused(y.view(b, -1, gs), self.norm_weight.view(-1, gs), self.norm_eps)
+        return self.out_proj(y.view(b, 1, self.d_inner).to(u.dtype))
+
     @classmethod
     @torch.no_grad()
     def from_attention(cls, attn: nn.Module, d_conv: int = 4, chunk_size: int = 64, identity_conv: bool = True,
@@ -238,10 +267,17 @@ class Mamba2Mixer(nn.Module):
         """Drop-in for Qwen3-VL text attention. hidden_states (batch, seqlen, hidden) -> ((batch, seqlen, hidden), None).
         position_embeddings are ignored (order comes from the decay); the padding is read from attention_mask."""
         cache = cache if cache is not None else past_key_values
-        mask = padding_mask_from_attention_mask(attention_mask, hidden_states.shape[1])
+        l = hidden_states.shape[1]
+        mask = padding_mask_from_attention_mask(attention_mask, l)
+        if cache is not None and l == 1 and mask is None and not torch.is_grad_enabled():
+            state = _decode_state(cache, self.layer_idx, hidden_states)
+            if state is not None:  # decoding at inference: the cache's own state updated in place
+                out = self.step_(hidden_states, state)
+                _add_seen(cache.layers[self.layer_idx], 1)
+                return out, None
         state = _cache_state(cache, self.layer_idx) if cache is not None else None
         out, new_state = self.mix(hidden_states, state, mask)
-        if cache is not None: _store_state(cache, self.layer_idx, new_state, self.d_conv)
+        if cache is not None: _store_state(cache, self.layer_idx, new_state, self.d_conv, l)
         return out, None
 
 # %% ../nbs/02_mamba2.ipynb #41750c36
@@ -257,6 +293,34 @@ def _cache_state(cache, layer_idx: int | None) -> Mamba2State | None:
     conv, ssm = cache.get_conv_state(i), cache.get_recurrent_state(i)
     return None if conv is None or ssm is None else Mamba2State(conv, ssm)
 
-def _store_state(cache, layer_idx: int, state: Mamba2State, d_conv: int) -> None:
+def _seen(layer) -> int:
+    "How many tokens a linear-attention cache layer has counted (0 where transformers keeps no count)."
+    n = getattr(layer, "cumulative_length_linear", None)
+    return int(n) if isinstance(n, Tensor) else 0
+
+def _add_seen(layer, k: int) -> None:
+    n = getattr(layer, "cumulative_length_linear", None)
+    if isinstance(n, Tensor) and k: n.add_(k)
+
+def _store_state(cache, layer_idx: int, state: Mamba2State, d_conv: int, n_tokens: int) -> None:
+    "Write the state after `n_tokens` more tokens; the layer's token count goes up by n_tokens, whatever the cache counted itself."
+    layer = cache.layers[layer_idx]
+    before = _seen(layer)
     cache.update_conv_state(state.conv, layer_idx, conv_kernel_size=d_conv - 1)
     cache.update_recurrent_state(state.ssm, layer_idx)
+    _add_seen(layer, n_tokens - (_seen(layer) - before))
+
+def _decode_state(cache, layer_idx: int | None, u: Tensor) -> Mamba2State | None:
+    """The cache's own conv and SSM tensors for layer `layer_idx`, for `step_` to update in place, or None where that is not safe:
+    no state yet, a cache recording past states (assisted decoding rolls back), dtypes or device not the model's, inference tensors
+    outside inference mode."""
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+    layers = getattr(cache, "layers", None)
+    if layer_idx is None or layers is None or layer_idx >= len(layers): return None
+    layer = layers[layer_idx]
+    if not isinstance(layer, LinearAttentionCacheLayerMixin) or getattr(layer, "record_past", False): return None
+    conv, ssm = cache.get_conv_state(layer_idx), cache.get_recurrent_state(layer_idx)
+    if conv is None or ssm is None or conv.dtype != u.dtype or conv.device != u.device: return None
+    if ssm.dtype != (torch.float64 if u.dtype == torch.float64 else torch.float32): return None
+    if (conv.is_inference() or ssm.is_inference()) and not torch.is_inference_mode_enabled(): return None
+    return Mamba2State(conv, ssm)

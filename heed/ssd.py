@@ -12,7 +12,7 @@ from torch import Tensor
 from .env import ssd_backend
 
 # %% auto #0
-__all__ = ['ssd_step', 'ssd_reference', 'ssd_chunked', 'ssd_scan']
+__all__ = ['ssd_step', 'ssd_step_', 'ssd_reference', 'ssd_chunked', 'ssd_scan']
 
 # %% ../nbs/01_ssd.ipynb #c358a0dd
 def _check_shapes(x, dt, A, B, C, D=None, initial_state=None) -> tuple[int, ...]:
@@ -56,6 +56,26 @@ def ssd_step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tens
     y = (state @ Ch[..., None]).squeeze(-1)
     if D is not None: y = y + _skip(xa, D.to(acc))
     return y.to(x.dtype), state
+
+def _per_head(t: Tensor, h: int) -> Tensor:
+    "(b, k, d) -> (b, h, d), head i reading t[:, i // (h // k)]; t itself when k == h."
+    b, k, d = t.shape
+    return t if k == h else t.unsqueeze(2).expand(b, k, h // k, d).reshape(b, h, d)
+
+def ssd_step_(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None = None) -> Tensor:
+    """`ssd_step` for decoding, in place: `state` (b, h, p, n), already in the accumulation dtype, is updated where it lies;
+    returns y (b, h, p) in x's dtype. x (b, k, p) with k dividing h (head i reads x[:, i // (h // k)]), dt (b, h), A (h,),
+    B and C (b, g, n), D (h,) or (h, p). For inference: nothing flows back through the state."""
+    b, h, p, n = state.shape
+    acc = _acc_dtype(x, state)
+    if state.dtype != acc: raise ValueError(f"state must already be {acc} to be updated in place, got {state.dtype}")
+    dta = dt.to(acc)
+    xh = _per_head(x.to(acc), h)
+    state.mul_(torch.exp(dta * A.to(acc)).view(b, h, 1, 1))
+    state.addcmul_((dta.unsqueeze(-1) * xh).unsqueeze(-1), _per_head(B.to(acc), h).unsqueeze(-2))
+    y = torch.bmm(_per_head(C.to(acc), h).reshape(b * h, 1, n), state.view(b * h, p, n).transpose(1, 2)).view(b, h, p)
+    if D is not None: y.addcmul_(xh, D.to(acc).view(h, -1))
+    return y.to(x.dtype)
 
 def ssd_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                   initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
