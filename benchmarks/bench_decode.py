@@ -8,8 +8,10 @@ One torch thread by default: on a shared 2-core machine two threads oversubscrib
 tenfold with the neighbours' load; one thread gives stable, comparable numbers (the ratio is what we report).
 
     .venv/bin/python benchmarks/bench_decode.py [--contexts 1024 2048 ...] [--repeats 3] [--new-tokens 8] [--threads 1]
-        [--cache dynamic growing] [--gate from_attention] [--xb kv] [--breakdown] [--mix-path] [--paired-steps 64] [--json out.json]
+        [--cache dynamic growing] [--gate new grouped] [--xb kv] [--breakdown] [--mix-path] [--paired-steps 64] [--json out.json]
 
+--gate: one gate, or several: then every student (one per gate, the same teacher and layout) is timed in the same repeats as
+the teacher, interleaved, and each one's ratio to the teacher and to the first student is reported from the same run.
 --cache: transformers' DynamicCache (grows by torch.cat every step) and/or heed.hybrid.growing_cache (appends into a
 reserve); teacher and student always get the same kind. --breakdown: where a step's time goes at the largest context,
 by module kind (forward hooks; one extra measured pass per model). --mix-path: also time the same student with its Mamba
@@ -129,9 +131,17 @@ def paired_mixer(student, calls):
     return out
 
 
-def run(contexts, repeats, new_tokens, shape=SHAPE, log=print, cache="dynamic", student_kw=None, with_mix_path=False):
+def student_name(kw: dict) -> str:
+    return "student " + ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+def run(contexts, repeats, new_tokens, shape=SHAPE, log=print, cache="dynamic", student_kw=None, with_mix_path=False, more_students=()):
+    """Teacher against `student_kw`'s student ('student') and, interleaved in the same repeats, one more student per entry
+    of `more_students` (named by `student_name`; its ratio to the teacher and to 'student' in the row)."""
     teacher, student = build(shape, **(student_kw or {}))
     models = [("teacher", teacher, contextlib.nullcontext), ("student", student, contextlib.nullcontext)]
+    for kw in more_students:
+        models.append((student_name(kw), hybridize(teacher, **kw).eval(), contextlib.nullcontext))
     if with_mix_path: models.append(("student_mix", student, mix_path))
     rows = []
     for ctx in contexts:
@@ -148,6 +158,12 @@ def run(contexts, repeats, new_tokens, shape=SHAPE, log=print, cache="dynamic", 
         ratios = [s["tokens_per_s"] / t["tokens_per_s"] for t, s in zip(res["teacher"], res["student"])]
         row["speedup"] = statistics.median(ratios)
         row["speedup_min"], row["speedup_max"] = min(ratios), max(ratios)
+        for kw in more_students:
+            name = student_name(kw)
+            ratios = [s["tokens_per_s"] / t["tokens_per_s"] for t, s in zip(res["teacher"], res[name])]
+            row[f"speedup[{name}]"], row[f"speedup_min[{name}]"], row[f"speedup_max[{name}]"] = statistics.median(ratios), min(ratios), max(ratios)
+            ratios = [o["tokens_per_s"] / s["tokens_per_s"] for s, o in zip(res["student"], res[name])]
+            row[f"over_student[{name}]"], row[f"over_student_min[{name}]"], row[f"over_student_max[{name}]"] = statistics.median(ratios), min(ratios), max(ratios)
         if with_mix_path:
             ratios = [s["tokens_per_s"] / t["tokens_per_s"] for t, s in zip(res["teacher"], res["student_mix"])]
             row["speedup_mix"], row["speedup_mix_min"], row["speedup_mix_max"] = statistics.median(ratios), min(ratios), max(ratios)
@@ -158,6 +174,12 @@ def run(contexts, repeats, new_tokens, shape=SHAPE, log=print, cache="dynamic", 
         log(f"{cache:>8} {ctx:>6}  teacher {row['teacher_tok_s']:7.1f} tok/s  student {row['student_tok_s']:7.1f} tok/s  "
             f"speedup {row['speedup']:.2f}x [{row['speedup_min']:.2f}, {row['speedup_max']:.2f}]  "
             f"cache {row['teacher_cache_bytes'] / 2**20:8.1f} MiB vs {row['student_cache_bytes'] / 2**20:7.1f} MiB ({row['cache_fraction']:.1%})")
+        for kw in more_students:
+            name = student_name(kw)
+            log(f"{cache:>8} {ctx:>6}  {name}: {row[f'{name}_tok_s']:7.1f} tok/s  speedup {row[f'speedup[{name}]']:.2f}x "
+                f"[{row[f'speedup_min[{name}]']:.2f}, {row[f'speedup_max[{name}]']:.2f}]  over the first student "
+                f"{row[f'over_student[{name}]']:.3f}x [{row[f'over_student_min[{name}]']:.3f}, {row[f'over_student_max[{name}]']:.3f}]  "
+                f"cache {row[f'{name}_cache_bytes'] / 2**20:7.1f} MiB")
         if with_mix_path:
             log(f"{cache:>8} {ctx:>6}  student through mix {row['student_mix_tok_s']:7.1f} tok/s  speedup {row['speedup_mix']:.2f}x "
                 f"[{row['speedup_mix_min']:.2f}, {row['speedup_mix_max']:.2f}]  step_ over mix {row['step_over_mix']:.2f}x "
@@ -172,7 +194,8 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", nargs="+", default=["dynamic"], choices=["dynamic", "growing"])
-    ap.add_argument("--gate", default=None, help="hybridize's gate (default: its default)")
+    ap.add_argument("--gate", nargs="+", default=None,
+                    help="hybridize's gate (default: its default); several: one student per gate, all timed in the same run")
     ap.add_argument("--xb", default=None, help="hybridize's x/B layout (default: its default)")
     ap.add_argument("--breakdown", action="store_true", help="time per module kind at the largest context")
     ap.add_argument("--mix-path", action="store_true", help="also time the student decoding through Mamba2Mixer.mix (before/after step_)")
@@ -181,17 +204,34 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    student_kw = {k: v for k, v in (("gate", a.gate), ("xb", a.xb)) if v is not None}
+    gates = a.gate or [None]
+    kws = [{k: v for k, v in (("gate", g), ("xb", a.xb)) if v is not None} for g in gates]
+    student_kw, more = kws[0], kws[1:]
+    if more and (a.mix_path or a.breakdown or a.paired_steps):
+        raise SystemExit("--gate with several gates times students side by side; --mix-path, --breakdown and --paired-steps take one")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, shape {SHAPE}, student {student_kw or 'default'}, "
-          f"MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}")
+          f"MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}" + (f", more students {more}" if more else ""))
+    if more:   # what each converted layer holds: the weight bytes a decode step reads in place of the attention's
+        teacher, _ = build(SHAPE)
+        i = hybridize(teacher, **student_kw).mamba_layers[0]
+        n_attn = sum(p.numel() for p in teacher.model.language_model.layers[i].self_attn.parameters())
+        for kw in kws:
+            n = sum(p.numel() for p in hybridize(teacher, **kw).model.language_model.layers[i].self_attn.parameters())
+            print(f"{student_name(kw)}: a converted layer holds {n / 1e6:.3f} M parameters (the attention it replaces: {n_attn / 1e6:.3f} M)")
+        del teacher
     rows = []
     for cache in a.cache:
-        rows += run(a.contexts, a.repeats, a.new_tokens, cache=cache, student_kw=student_kw, with_mix_path=a.mix_path)
+        rows += run(a.contexts, a.repeats, a.new_tokens, cache=cache, student_kw=student_kw, with_mix_path=a.mix_path, more_students=more)
     for r in rows:
         if r["context"] == 16384:
             print(f"at 16k ({r['cache']} cache): speedup {r['speedup']:.2f}x [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}] "
                   f"(target >= 3x: {'met' if r['speedup'] >= 3 else 'NOT met'}), cache {r['cache_fraction']:.1%} of the teacher's "
                   f"(target <= 30%: {'met' if r['cache_fraction'] <= 0.30 else 'NOT met'})")
+            for kw in more:
+                n = student_name(kw)
+                print(f"at 16k ({r['cache']} cache), {n}: speedup {r[f'speedup[{n}]']:.2f}x [{r[f'speedup_min[{n}]']:.2f}, "
+                      f"{r[f'speedup_max[{n}]']:.2f}] (target >= 3x: {'met' if r[f'speedup[{n}]'] >= 3 else 'NOT met'}); "
+                      f"over {student_name(student_kw)} {r[f'over_student[{n}]']:.3f}x")
     parts = {}
     if a.breakdown:
         teacher, student = build(SHAPE, **student_kw)
@@ -216,7 +256,7 @@ def main():
         paired.insert(0, m)
     print(f"total {time.time() - t0:.0f} s")
     if a.json:
-        with open(a.json, "w") as f: json.dump(dict(shape=SHAPE, student=student_kw, rows=rows, breakdown=parts, paired=paired), f, indent=1)
+        with open(a.json, "w") as f: json.dump(dict(shape=SHAPE, student=student_kw, more_students=list(more), rows=rows, breakdown=parts, paired=paired), f, indent=1)
 
 
 if __name__ == "__main__":

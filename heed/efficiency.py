@@ -90,8 +90,9 @@ def mamba_shape(config) -> dict:
     xb_heads = heads if m["xb"] == "query" else kv
     d_x, d_B = xb_heads * hd, xb_heads * d_state
     conv_dim = (d_inner + groups * d_state if m["xb"] == "kv_preconv" else d_x + d_B) + groups * d_state
+    gate_heads = {"none": 0, "grouped": kv}.get(m["gate"], heads)
     return dict(n_heads=heads, head_dim=hd, d_state=d_state, n_groups=groups, xb_heads=xb_heads, d_conv=m["d_conv"],
-                d_inner=d_inner, d_z=d_inner if m["gate"] != "none" else 0, d_x=d_x, d_B=d_B, conv_dim=conv_dim,
+                d_inner=d_inner, gate_heads=gate_heads, d_z=gate_heads * hd, d_x=d_x, d_B=d_B, conv_dim=conv_dim,
                 bias=bool(getattr(tc, "attention_bias", False)), bc_norm=bool(m["bc_norm"]))
 
 # %% ../nbs/11_efficiency.ipynb #cdf1265a

@@ -95,7 +95,8 @@ def _mixer_kwargs(text_config) -> dict:
                 n_groups=text_config.num_attention_heads, d_conv=m["d_conv"], chunk_size=m["chunk_size"], bc_norm=m["bc_norm"],
                 norm_eps=text_config.rms_norm_eps, bias=bool(text_config.attention_bias),
                 xb_heads=None if m["xb"] == "query" else text_config.num_key_value_heads,
-                repeat_before_conv=m["xb"] == "kv_preconv", gated=m["gate"] != "none")
+                repeat_before_conv=m["xb"] == "kv_preconv", gated=m["gate"] != "none",
+                gate_heads=text_config.num_key_value_heads if m["gate"] == "grouped" else None)
 
 def _decoder_layers(model) -> nn.ModuleList:
     return model.model.language_model.layers
@@ -200,7 +201,7 @@ def hybridize(teacher: Qwen3VLForConditionalGeneration, attention_layers=None, *
               inplace: bool = False) -> Qwen3VLHybridForConditionalGeneration:
     """The hybrid student of a Qwen3-VL teacher. attention_layers: None (layers 3, 7, 11, ...), a list of indices, or a
     ratio in (0, 1]; every other text layer's attention becomes a Mamba2Mixer initialised from it (`Mamba2Mixer.from_attention`).
-    gate: 'new' | 'from_attention' | 'none'; xb: 'kv' | 'kv_preconv' | 'query'."""
+    gate: 'new' | 'from_attention' | 'none' | 'grouped'; xb: 'kv' | 'kv_preconv' | 'query'."""
     if not isinstance(teacher, Qwen3VLForConditionalGeneration):
         raise TypeError(f"hybridize expects a Qwen3VLForConditionalGeneration, got {type(teacher).__name__}")
     if getattr(teacher.config.text_config, "mamba_layers", None):

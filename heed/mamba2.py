@@ -58,7 +58,7 @@ def padding_mask_from_attention_mask(attention_mask, q_len: int) -> Tensor | Non
 
 # %% ../nbs/02_mamba2.ipynb #2b78f0fc
 XB_LAYOUTS = ("kv", "kv_preconv", "query")
-GATES = ("new", "from_attention", "none")
+GATES = ("new", "from_attention", "none", "grouped")
 
 def _rms(t: Tensor, weight: Tensor, eps: float) -> Tensor:
     "RMSNorm over the last dim in float32 (float64 stays float64), back to t's dtype."
@@ -94,19 +94,23 @@ class Mamba2Mixer(nn.Module):
                  chunk_size: int = 64, bc_norm: bool = False, norm_eps: float = 1e-6, bias: bool = False,
                  conv_bias: bool = True, layer_idx: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0), norm_group_size: int | None = None,
-                 xb_heads: int | None = None, repeat_before_conv: bool = False, gated: bool = True):
+                 xb_heads: int | None = None, repeat_before_conv: bool = False, gated: bool = True,
+                 gate_heads: int | None = None):
         super().__init__()
         if n_heads % n_groups: raise ValueError(f"n_heads ({n_heads}) must be divisible by n_groups ({n_groups})")
         if d_conv < 1: raise ValueError(f"d_conv must be >= 1, got {d_conv}")
         if xb_heads is not None and (xb_heads < 1 or n_heads % xb_heads or n_groups % xb_heads):
             raise ValueError(f"xb_heads={xb_heads} must divide n_heads ({n_heads}) and n_groups ({n_groups})")
+        if gate_heads is not None and (gate_heads < 1 or n_heads % gate_heads):
+            raise ValueError(f"gate_heads={gate_heads} must divide n_heads ({n_heads})")
         self.hidden_size, self.n_heads, self.head_dim, self.d_state, self.n_groups = hidden_size, n_heads, head_dim, d_state, n_groups
         self.d_conv, self.chunk_size, self.norm_eps, self.layer_idx = d_conv, chunk_size, norm_eps, layer_idx
         self.d_inner = n_heads * head_dim
         self.norm_group_size = norm_group_size or head_dim  # per head by default; d_inner // n_groups is mamba-ssm's grouping
         if self.d_inner % self.norm_group_size: raise ValueError(f"norm_group_size {norm_group_size} must divide n_heads * head_dim = {self.d_inner}")
         self.xb_heads, self.repeat_before_conv, self.gated = xb_heads, bool(repeat_before_conv) and xb_heads is not None, gated
-        self.d_z = self.d_inner if gated else 0
+        self.gate_heads = (gate_heads or n_heads) if gated else None   # heads of z; each gates n_heads // gate_heads heads of y
+        self.d_z = self.gate_heads * head_dim if gated else 0
         self.d_x = (xb_heads or n_heads) * head_dim                      # x and B as the projection writes them
         self.d_B = (xb_heads or n_groups) * d_state
         self.conv_dim = (self.d_inner + n_groups * d_state if self.repeat_before_conv else self.d_x + self.d_B) + n_groups * d_state
@@ -140,7 +144,7 @@ class Mamba2Mixer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"hidden={self.hidden_size}, heads={self.n_heads}x{self.head_dim}, d_state={self.d_state}, groups={self.n_groups}, "
-                f"xb_heads={self.xb_heads}, repeat_before_conv={self.repeat_before_conv}, gated={self.gated}, "
+                f"xb_heads={self.xb_heads}, repeat_before_conv={self.repeat_before_conv}, gated={self.gated}, gate_heads={self.gate_heads}, "
                 f"d_conv={self.d_conv}, chunk={self.chunk_size}, bc_norm={self.bc_norm}")
 
     def _widen_xb(self, xBC: Tensor) -> Tensor:
@@ -149,6 +153,12 @@ class Mamba2Mixer(nn.Module):
         x = _expand_groups(x.unflatten(-1, (-1, self.head_dim)), self.n_heads).flatten(-2)
         B = _expand_groups(B.unflatten(-1, (-1, self.d_state)), self.n_groups).flatten(-2)
         return torch.cat([x, B, C], dim=-1)
+
+    def _gate(self, y: Tensor, z: Tensor) -> Tensor:
+        "y (..., d_inner) times silu(z), z (..., d_z): with fewer gate heads than heads, gate head j multiplies heads j*r .. j*r+r-1 (r = n_heads // gate_heads)."
+        g = F.silu(z.to(y.dtype))
+        if self.d_z == self.d_inner: return y * g
+        return (y.unflatten(-1, (self.gate_heads, -1, self.head_dim)) * g.unflatten(-1, (self.gate_heads, 1, self.head_dim))).flatten(-3)
 
     def mix(self, u: Tensor, state: Mamba2State | None = None, mask: Tensor | None = None) -> tuple[Tensor, Mamba2State]:
         """u (batch, seqlen, hidden), state or None (= zeros), mask (batch, seqlen) bool (True = real token) or None.
@@ -191,7 +201,7 @@ class Mamba2Mixer(nn.Module):
         y = y.reshape(b, l, self.d_inner)
         if self.gated:
             if keep is not None: z = torch.where(keep, z, 0.0)
-            y = y * F.silu(z.to(y.dtype))
+            y = self._gate(y, z)
         gs = self.norm_group_size
         y = _rms(y.view(b, l, -1, gs), self.norm_weight.view(-1, gs), self.norm_eps).reshape(b, l, self.d_inner)
         if keep is not None: y = torch.where(keep, y, 0.0)
@@ -216,7 +226,7 @@ class Mamba2Mixer(nn.Module):
         acc = state.ssm.dtype
         dt = F.softplus(dt_raw.to(acc) + self.dt_bias.to(acc))
         y = ssd_step_(x, dt, -torch.exp(self.A_log.to(acc)), B, C, state.ssm, self.D).view(b, self.d_inner)
-        if self.gated: y = y * F.silu(z.to(y.dtype))
+        if self.gated: y = self._gate(y, z)
         gs = self.norm_group_size
         y = _rms_fused(y.view(b, -1, gs), self.norm_weight.view(-1, gs), self.norm_eps)
         return self.out_proj(y.view(b, 1, self.d_inner).to(u.dtype))
@@ -226,7 +236,8 @@ class Mamba2Mixer(nn.Module):
     def from_attention(cls, attn: nn.Module, d_conv: int = 4, chunk_size: int = 64, identity_conv: bool = True,
                        bc_norm: bool = True, layer_idx: int | None = None, xb: str = "kv", gate: str = "new") -> "Mamba2Mixer":
         """A Mamba2Mixer initialised from a Qwen3(-VL)-style attention module (q/k/v/o_proj, optional q_norm/k_norm),
-        created on the attention's device and dtype. xb: 'kv' | 'kv_preconv' | 'query'; gate: 'new' | 'from_attention' | 'none'."""
+        created on the attention's device and dtype. xb: 'kv' | 'kv_preconv' | 'query'; gate: 'new' | 'from_attention' | 'none' | 'grouped'
+        ('grouped': a fresh z at the key/value width, one gate head per kv head, shared by its query heads)."""
         if xb not in XB_LAYOUTS: raise ValueError(f"xb={xb!r}: expected one of {XB_LAYOUTS}")
         if gate not in GATES: raise ValueError(f"gate={gate!r}: expected one of {GATES}")
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -241,7 +252,8 @@ class Mamba2Mixer(nn.Module):
             mixer = cls(hidden, nh, hd, d_state=hd, n_groups=nh, d_conv=d_conv, chunk_size=chunk_size, bc_norm=bc_norm,
                         norm_eps=eps, bias=attn.q_proj.bias is not None,
                         layer_idx=layer_idx if layer_idx is not None else getattr(attn, "layer_idx", None),
-                        xb_heads=None if xb == "query" else nkv, repeat_before_conv=xb == "kv_preconv", gated=gate != "none").to(ref.dtype)
+                        xb_heads=None if xb == "query" else nkv, repeat_before_conv=xb == "kv_preconv", gated=gate != "none",
+                        gate_heads=nkv if gate == "grouped" else None).to(ref.dtype)
         rep = nh // nkv
         widen = (lambda t: _repeat_heads(t, nkv, rep)) if xb == "query" else (lambda t: t)
         sizes = [mixer.d_z, mixer.d_x, mixer.d_B, nh * hd, nh]

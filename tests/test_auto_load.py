@@ -149,6 +149,19 @@ def test_without_heed_trust_remote_code(student, auto, tmp_path):
     assert json.loads((again / "config.json").read_text())["auto_map"] == json.loads((d / "config.json").read_text())["auto_map"]
 
 
+def test_grouped_gate_without_heed_trust_remote_code(tmp_path):
+    "A non-default mixer (gate='grouped': z at the key/value width) rebuilds from config.json through the saved modeling file alone."
+    torch.manual_seed(0)
+    d = tmp_path / "student"
+    s = hybridize(Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(num_layers=4)).eval(), gate="grouped")
+    s.save_pretrained(d)
+    x = prompts(s.config)
+    torch.save(x, d / "inputs.pt")
+    ref = outputs(Qwen3VLHybridForConditionalGeneration.from_pretrained(d).eval(), x, s.config.text_config.pad_token_id)
+    r = child(NO_HEED + LOAD, d, "AutoModelForImageTextToText", json.dumps(dict(trust_remote_code=True)), tmp_path / "out.pt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_same(torch.load(tmp_path / "out.pt"), ref)
+
 def test_plain_transformers_refuses(student, tmp_path):
     "Without heed and without trust_remote_code nothing loads; each error says what to pass. Without auto_map: unknown model type."
     d, _ = student

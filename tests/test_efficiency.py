@@ -22,7 +22,7 @@ def toy_pair():
     return teacher, hybridize(teacher, [1, 5])
 
 
-@pytest.mark.parametrize("kw", [dict(gate="none"), dict(xb="query"), dict(xb="kv_preconv")])
+@pytest.mark.parametrize("kw", [dict(gate="none"), dict(gate="grouped"), dict(xb="query"), dict(xb="kv_preconv")])
 def test_cache_bytes_equal_allocated_every_layout(toy_pair, kw):
     "The conv state's width follows the x/B layout: the count equals the cache for each."
     student = hybridize(toy_pair[0], [1, 5], **kw)
@@ -59,7 +59,8 @@ def test_cache_bytes_refuses_bad_input(toy_pair):
         cache_bytes(cfg, [0, 6], 8)
 
 
-@pytest.mark.parametrize("kw", [{}, dict(gate="none"), dict(gate="new"), dict(xb="query"), dict(xb="kv_preconv")])
+@pytest.mark.parametrize("kw", [{}, dict(gate="none"), dict(gate="new"), dict(gate="grouped"), dict(gate="grouped", xb="query"),
+                                dict(xb="query"), dict(xb="kv_preconv")])
 @pytest.mark.parametrize("shape", [dict(num_layers=4), dict(num_layers=8, heads=8, kv_heads=4, head_dim=16, hidden=96)])
 def test_param_counts_match_modules(shape, kw):
     "Analytic parameter counts equal the modules' (built on the meta device: no memory), teacher and hybrid student."
@@ -82,6 +83,10 @@ def test_student_size_targets_on_real_shapes(size):
     assert n_none / n_t - 1 < 0.005, (size, n_t, n_none)
     n_gate = meta_param_counts(cfg, gate="from_attention")[1]
     assert n_gate > n_none and n_gate == meta_param_counts(cfg, gate="new")[1]
+    n_grouped = meta_param_counts(cfg, gate="grouped")[1]     # z at the key/value width: kv_heads / heads of the gate
+    tc = cfg.text_config
+    assert tc.num_attention_heads * (n_grouped - n_none) == tc.num_key_value_heads * (n_gate - n_none)
+    assert n_grouped / n_t - 1 < 0.025, (size, n_t, n_grouped)     # +2.1% (2B), +1.7% (4B), +1.3% (8B)
     if size == "8B":
         assert round(meta_param_counts(cfg, gate="new", xb="query")[1] / 1e9, 2) == 9.90 and round(n_t / 1e9, 2) == 8.77
         assert n_gate / n_t - 1 < 0.06      # the 4B's gate costs 6.5% (a wide d_inner over hidden 2560): see nbs/11_efficiency

@@ -87,7 +87,7 @@ def test_prefill_then_step_decode_equals_full_forward(teacher_dir, layout, kw):
 # eager attention in float64 turns a fully padded query row into NaN (its float64 mask minimum becomes -inf in its
 # float32 softmax) and the next attention layer spreads it: a transformers limitation, so eager is checked in float32.
 @pytest.mark.parametrize("attn_impl,dtype,tol", [("sdpa", torch.float64, 1e-9), ("eager", torch.float32, 2e-5)])
-@pytest.mark.parametrize("kw", [{}, dict(gate="none"), dict(gate="new", xb="query")])
+@pytest.mark.parametrize("kw", [{}, dict(gate="none"), dict(gate="grouped"), dict(gate="new", xb="query")])
 def test_left_padded_batch_equals_one_by_one(teacher_dir, attn_impl, dtype, tol, kw):
     student = hybridize(load_teacher(teacher_dir, dtype=dtype, attn_implementation=attn_impl), **kw).eval()
     cfg = student.config
@@ -146,6 +146,7 @@ def test_save_pretrained_from_pretrained_round_trip(teacher_dir, tmp_path, kw):
     assert isinstance(m, Mamba2Mixer) and (m.d_conv, m.chunk_size, m.layer_idx) == (3, 16, 0)
     want = {**MAMBA_DEFAULTS, **kw}
     assert (m.gated, m.xb_heads is None, m.repeat_before_conv) == (want["gate"] != "none", want["xb"] == "query", want["xb"] == "kv_preconv")
+    assert m.gate_heads == {"none": None, "grouped": student.config.text_config.num_key_value_heads}.get(want["gate"], m.n_heads)
     x = prompt(student.config)
     with torch.no_grad(): assert torch.equal(again(**x).logits, student(**x).logits)
 

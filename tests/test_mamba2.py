@@ -7,7 +7,7 @@ from transformers import DynamicCache
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextAttention
 
-from heed.mamba2 import Mamba2Mixer, Mamba2State, padding_mask_from_attention_mask
+from heed.mamba2 import GATES, Mamba2Mixer, Mamba2State, padding_mask_from_attention_mask
 
 
 def text_config(**kw):
@@ -95,7 +95,7 @@ def test_padding_never_reaches_state_even_mid_batch_decode():
     assert torch.equal(y[0], torch.zeros_like(y[0]))
 
 
-@pytest.mark.parametrize("gate", ["new", "from_attention", "none"])
+@pytest.mark.parametrize("gate", GATES)
 def test_gradients_reach_every_parameter_and_are_finite_with_padding(gate):
     torch.manual_seed(0)
     mx = Mamba2Mixer.from_attention(Qwen3VLTextAttention(text_config(), 0), gate=gate)
@@ -119,12 +119,12 @@ def test_bf16_runs_close_to_fp32():
 
 
 @pytest.mark.parametrize("xb", ["kv", "kv_preconv", "query"])
-@pytest.mark.parametrize("gate", ["new", "from_attention", "none"])
+@pytest.mark.parametrize("gate", GATES)
 def test_from_attention_with_bias_and_gqa_mapping(xb, gate):
     torch.manual_seed(0)
     attn = Qwen3VLTextAttention(text_config(attention_bias=True, num_attention_heads=6, num_key_value_heads=2), 0)
     mx = Mamba2Mixer.from_attention(attn, identity_conv=False, xb=xb, gate=gate)
-    di, dz = 6 * 8, (0 if gate == "none" else 6 * 8)
+    di, dz = 6 * 8, {"none": 0, "grouped": 2 * 8}.get(gate, 6 * 8)   # grouped: one gate head per kv head
     z, x, B, C, dt = mx.in_proj.weight.split([mx.d_z, mx.d_x, mx.d_B, di, 6])
     zb, xb_, Bb, Cb, dtb = mx.in_proj.bias.split([mx.d_z, mx.d_x, mx.d_B, di, 6])
     assert mx.d_z == dz and z.shape[0] == dz
