@@ -12,15 +12,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from .env import home_path, replace_dir_atomic, write_text_atomic
-from .teacher import model_inputs
+from .env import home_dir, home_path, input_path, replace_dir_atomic, write_json_atomic, write_text_atomic
+from .teacher import FINE_GLYPH_SUB, model_inputs
 from .data import synth_evaluator, synth_splits
 from .files import read_jsonl
 from .train import _PROFILE_SCALE, TEACHER_WORLD, Job, TrainConfig, find_checkpoint, load_config, preset, train
 
 # %% auto #0
 __all__ = ['AUX_LOSSES', 'WORLD_V1', 'TEACHER_RECIPE', 'WORLD_V2', 'MODEL_V2', 'TEACHER_RECIPE_V2', 'AuxHeads', 'reading_layer',
-           'glyph_loss', 'centre_loss', 'TeacherWithHeads', 'teacher_job', 'train_teacher', 'assemble_teacher']
+           'glyph_loss', 'centre_loss', 'TeacherWithHeads', 'teacher_job', 'train_teacher', 'assemble_teacher',
+           'grow_teacher']
 
 # %% ../nbs/09a_recipe.ipynb #ea0ed0ef
 AUX_LOSSES = ("glyph", "scene_cell", "scene_colour", "scene_centre", "ground", "decoder_glyph")
@@ -39,8 +40,9 @@ class AuxHeads(torch.nn.Module):
         # text side: the centre of each shape a question names, read from the decoder's middle layer at that word
         self.ground = torch.nn.Linear(text_dim or dim, 2)
         torch.nn.init.zeros_(self.ground.weight); torch.nn.init.constant_(self.ground.bias, 0.5)
-        # decoder side of reading: the glyphs under each visual token, read from the residual stream inside the decoder
-        self.decoder_glyph = torch.nn.Linear(text_dim or dim, merge * merge * (n_glyphs + 1))
+        # decoder side of reading: the glyph in each half-patch cell under a visual token, read from the residual stream inside
+        # the decoder (half-patch cells: two glyphs of an off-grid label can share a patch, never a cell)
+        self.decoder_glyph = torch.nn.Linear(text_dim or dim, (merge * FINE_GLYPH_SUB) ** 2 * (n_glyphs + 1))
 
 def reading_layer(n_layers: int) -> int:
     "Index into `hidden_states` of the residual entering the first attention layer that a 3:1 student keeps."
@@ -102,7 +104,7 @@ class TeacherWithHeads(torch.nn.Module):
                 h = out.hidden_states[reading_layer(self.model.config.text_config.num_hidden_layers)]
                 vis = inputs["mm_token_type_ids"].to(h.device).bool()
                 g = self.heads.decoder_glyph(h[vis]).view(-1, self.heads.n_glyphs + 1)
-                terms["decoder_glyph"] = self.aux["decoder_glyph"] * glyph_loss(g, batch["glyph_targets"].reshape(-1).to(g.device))
+                terms["decoder_glyph"] = self.aux["decoder_glyph"] * glyph_loss(g, batch["fine_glyph_targets"].reshape(-1).to(g.device))
         return terms
 
 # %% ../nbs/09a_recipe.ipynb #98a2895f
@@ -178,6 +180,11 @@ TEACHER_RECIPE_V2 = (
     ("v2a", dict(data=dict(WORLD_V2, n_train=40000), model=MODEL_V2, aux=_AUX_V2, steps=3000, log_every=50, eval_examples=256)),
 )
 
+def _as_given(p: Path) -> str:
+    "A path inside the project as a config keeps it (relative to the project root, so a committed config names no machine); others absolute."
+    try: return str(Path(p).relative_to(home_dir()))
+    except ValueError: return str(p)
+
 def _stage_config(name: str, ov: dict, stages: Path, profile: str, resume: bool = False) -> TrainConfig:
     "The config of one stage; `resume=True` continues the stage's own interrupted run (its folder holds a checkpoint)."
     ov = dict(ov)
@@ -192,9 +199,9 @@ def _stage_config(name: str, ov: dict, stages: Path, profile: str, resume: bool 
             if (stages / name).exists(): shutil.rmtree(stages / name)
             shutil.copytree(stages / cont, stages / name, ignore=shutil.ignore_patterns("model", "result.json"))
         base = yaml.safe_load((stages / cont / "config.yaml").read_text())
-        return load_config(base | ov | {"output_dir": str(stages / name), "resume": True})
-    d = preset(f"pretrain-{profile}") | ov | {"output_dir": str(stages / name), "resume": resume}
-    if init: d["init"] = str(stages / init / "model")
+        return load_config(base | ov | {"output_dir": _as_given(stages / name), "resume": True})
+    d = preset(f"pretrain-{profile}") | ov | {"output_dir": _as_given(stages / name), "resume": resume}
+    if init: d["init"] = _as_given(stages / init / "model")
     return load_config(d)
 
 def _stage_finished(folder: Path) -> bool:
@@ -215,6 +222,8 @@ def train_teacher(output_dir, profile: str = "small", recipe=TEACHER_RECIPE, pro
         folder = stages / name
         if resume and _stage_finished(folder):
             log(f"teacher stage {name}: finished earlier, kept"); continue
+        if "grow" in ov:  # a stage that trains nothing: a deeper teacher that starts as a trained one (see grow_teacher)
+            log(f"teacher stage {name}: grown from {ov['grow']}"); _grow_stage(folder, ov); continue
         cfg = _stage_config(name, ov, stages, profile, resume=resume and find_checkpoint(folder) is not None)
         log(f"teacher stage {name}: {cfg.steps} steps" + (f", from {cfg.init}" if cfg.init else "") + (", resumed" if cfg.resume else ""))
         train(cfg, progress=progress)
@@ -251,3 +260,53 @@ def assemble_teacher(root, recipe=TEACHER_RECIPE) -> dict:
                                                                "seconds": offset_s}
     write_text_atomic(root / "result.json", json.dumps(result, indent=1))
     return result
+
+# %% ../nbs/09a_recipe.ipynb #b3f2d1e4
+def grow_teacher(source, output, num_hidden_layers: int, deepstack_visual_indexes: list | None = None, seed: int = 0) -> Path:
+    """Write to `output` a teacher of `num_hidden_layers` decoder layers (a multiple m of `source`'s n) that starts as `source`:
+    its layer k becomes layer k*m, the new layers start with zero o_proj and down_proj (adding nothing to the residual), and
+    every other weight and the teacher-only heads are copied. `deepstack_visual_indexes`: None keeps DeepStack, [] drops it."""
+    from heed.teacher import build_toy_teacher, load_model, save_teacher
+    src, proc = load_model(source)
+    tc, vc = src.config.text_config, src.config.vision_config
+    n = tc.num_hidden_layers
+    if num_hidden_layers % n or num_hidden_layers < n:
+        raise ValueError(f"num_hidden_layers={num_hidden_layers}: expected a multiple of {source}'s {n} decoder layers")
+    ds = list(vc.deepstack_visual_indexes) if deepstack_visual_indexes is None else list(deepstack_visual_indexes)
+    if ds not in ([], list(vc.deepstack_visual_indexes)):
+        raise ValueError(f"deepstack_visual_indexes={ds}: expected [] (off) or None / {list(vc.deepstack_visual_indexes)} (as in {source})")
+    keep = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+            "max_position_embeddings", "rope_parameters", "rms_norm_eps")
+    text = {k: getattr(tc, k) for k in keep} | {"num_hidden_layers": num_hidden_layers}
+    vision = {k: getattr(vc, k) for k in ("depth", "hidden_size", "intermediate_size", "num_heads", "patch_size", "spatial_merge_size",
+                                          "temporal_patch_size", "out_hidden_size", "num_position_embeddings")} | {"deepstack_visual_indexes": ds}
+    grown = build_toy_teacher(seed=seed, processor=proc, text=text, vision=vision).model
+    m, old, new = num_hidden_layers // n, src.state_dict(), grown.state_dict()
+    for k in new:
+        if ".language_model.layers." in k:
+            head, rest = k.split(".language_model.layers.")
+            i, tail = rest.split(".", 1)
+            if int(i) % m == 0: new[k] = old[f"{head}.language_model.layers.{int(i) // m}.{tail}"]
+            elif tail.endswith(("o_proj.weight", "down_proj.weight")): new[k] = torch.zeros_like(new[k])
+        else:
+            if k not in old or old[k].shape != new[k].shape: raise ValueError(f"{source}: no weight {k} of shape {tuple(new[k].shape)} to copy")
+            new[k] = old[k]
+    grown.load_state_dict(new)
+    out = save_teacher(grown, proc, home_path(output))
+    heads = input_path(source) / "aux_heads.pt"
+    if heads.is_file(): shutil.copyfile(heads, out / "aux_heads.pt")
+    return out
+
+def _grow_stage(folder: Path, ov: dict) -> None:
+    "A recipe's `grow` stage: `folder/model` grown from the teacher folder `ov['grow']` to the shape `ov['model']` names, marked finished."
+    model = ov.get("model") or {}
+    text, vision = dict(model.get("text") or {}), dict(model.get("vision") or {})
+    layers, ds = text.pop("num_hidden_layers", None), vision.pop("deepstack_visual_indexes", None)
+    if layers is None or text or vision or set(model) - {"text", "vision"}:
+        raise ValueError(f"grow stage {folder.name}: model={model}: a grown teacher takes text.num_hidden_layers and, optionally, "
+                         "vision.deepstack_visual_indexes; nothing else of its shape can change")
+    grow_teacher(ov["grow"], folder / "model", layers, ds)
+    write_text_atomic(folder / "config.yaml", yaml.safe_dump({"grow": str(ov["grow"]), "model": model}, sort_keys=False))
+    write_text_atomic(folder / "metrics.jsonl", "")
+    write_json_atomic(folder / "result.json", {"finished": True, "grown_from": str(ov["grow"])})
+

@@ -76,6 +76,7 @@ class SynthConfig:
     doc_row_gap: tuple = (1, 2)
     position_margin: float = 1.0
     grid_aligned: bool = True
+    label_pitch: str = "font"
     backgrounds: tuple = ("gradient", "texture")
     alphabet: str = GLYPH_ALPHABET
     mix: tuple = tuple((c, 1.0) for c in CATEGORIES)
@@ -101,6 +102,8 @@ class SynthConfig:
             if c not in CATEGORY_GROUPS: raise ValueError(f"mix: unknown category {c!r}; expected one of {CATEGORIES}")
             if w < 0: raise ValueError(f"mix: weight {w} for {c!r} is negative")
         if not self.categories: raise ValueError(f"mix={self.mix!r}: no category has a positive weight")
+        if self.label_pitch not in ("font", "patch"):
+            raise ValueError(f"label_pitch={self.label_pitch!r}: expected 'font' (the font's advance) or 'patch' (one glyph per patch width)")
         if not self.backgrounds or any(b not in ("gradient", "texture") for b in self.backgrounds):
             raise ValueError(f"backgrounds={self.backgrounds!r}: expected a non-empty subset of ('gradient', 'texture')")
         if len(set(self.alphabet)) != len(self.alphabet) or not self.alphabet or " " in self.alphabet:
@@ -205,7 +208,7 @@ def _place_label(rng, cfg, L, font_size, occupied):
             cells = [c * P, r * P, (c + L) * P, (r + 1) * P]
             x, y, step = c * P + P / 2, r * P + P / 2, P
         else:
-            step = load_font(font_size).getlength("M")
+            step = load_font(font_size).getlength("M") if cfg.label_pitch == "font" else P
             w, h = step * L, font_size
             x0, y0 = rng.uniform(1, S - w - 1), rng.uniform(1, S - h - 1)
             cells = [int(x0), int(y0), int(np.ceil(x0 + w)), int(np.ceil(y0 + h))]
@@ -272,18 +275,21 @@ def make_receipt(rng, cfg: SynthConfig) -> tuple[Image.Image, dict]:
     if g0 == g1: gap = g0 if g0 * (n - 1) + 1 <= G else 1
     else: gap = 2 if 2 * n - 1 <= G and rng.random() < 0.5 else 1  # rows adjacent or one blank row apart
     height = gap * (n - 1) + 1
-    c0, r0 = int(rng.integers(0, G - width + 1)), int(rng.integers(0, G - height + 1))
+    if cfg.grid_aligned or G - width < 1 or G - height < 1:  # the card on the patch grid: each glyph centred in a patch
+        X0, Y0 = int(rng.integers(0, G - width + 1)) * P, int(rng.integers(0, G - height + 1)) * P
+    else:  # free placement: the card, and every glyph on it, off the grid by a fraction of a patch
+        X0, Y0 = float(rng.uniform(2, (G - width) * P - 2)), float(rng.uniform(2, (G - height) * P - 2))
     fs = int(rng.integers(cfg.font_size[0], cfg.font_size[1] + 1))
     ink = INKS[int(rng.integers(len(INKS)))]
-    ImageDraw.Draw(img).rectangle([c0 * P - 2, r0 * P - 2, (c0 + width) * P + 1, (r0 + height) * P + 1],
+    ImageDraw.Draw(img).rectangle([X0 - 2, Y0 - 2, X0 + width * P + 1, Y0 + height * P + 1],
                                   fill=(250, 250, 246), outline=(170, 170, 170))
     keys = [DOC_KEYS[i] for i in rng.permutation(len(DOC_KEYS))[:n]]
     rows, chars, boxes = [], "", []
     for i, key in enumerate(keys):
         value = "".join(str(d) for d in rng.integers(0, 10, L))
-        y = (r0 + i * gap) * P + P / 2
-        kb = draw_glyphs(img, key, c0 * P + P / 2, y, fs, ink, P)
-        vb = draw_glyphs(img, value, (c0 + 4) * P + P / 2, y, fs, ink, P)
+        y = Y0 + i * gap * P + P / 2
+        kb = draw_glyphs(img, key, X0 + P / 2, y, fs, ink, P)
+        vb = draw_glyphs(img, value, X0 + 4 * P + P / 2, y, fs, ink, P)
         rows.append(dict(key=key, value=value, key_boxes=kb, value_boxes=vb))
         chars += key + value; boxes += kb + vb
     n_cells = (S // (P * cfg.merge)) ** 2
@@ -335,10 +341,14 @@ def make_example(rng, cfg: SynthConfig, category: str) -> dict:
                 scene=json.dumps({k: v for k, v in d.items() if k not in ("glyphs", "cell_shapes")}))
 
 # %% ../nbs/06_synth.ipynb #a00bdd72
-def glyph_targets(example: dict, image_size: int = 128, patch: int = 16, merge: int = 2, alphabet: str = GLYPH_ALPHABET) -> np.ndarray:
-    "Glyph class per sub-patch: int64 (n_merged_tokens, merge*merge), 0 = none, 1 + alphabet index = a glyph."
-    G = image_size // patch
+def glyph_targets(example: dict, image_size: int = 128, patch: int = 16, merge: int = 2, alphabet: str = GLYPH_ALPHABET,
+                  sub: int = 1) -> np.ndarray:
+    """Glyph class per cell: int64 (n_merged_tokens, (merge*sub)**2), 0 = none, 1 + alphabet index = the glyph whose centre
+    lies in the cell. A cell is a patch (`sub=1`) or a 1/sub-by-1/sub part of one, in Qwen's order within the merged token."""
     if image_size % (patch * merge): raise ValueError(f"image_size={image_size}: expected a multiple of patch*merge={patch * merge}")
+    if sub < 1 or patch % sub: raise ValueError(f"sub={sub}: expected a divisor of patch={patch}")
+    patch, merge = patch // sub, merge * sub  # the same layout on a finer grid of cells
+    G = image_size // patch
     out = np.zeros(((G // merge) ** 2, merge * merge), np.int64)
     chars, boxes = example["glyph_chars"], example["glyph_boxes"]
     if len(chars) != len(boxes):

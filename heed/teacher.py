@@ -19,7 +19,7 @@ from .env import home_path, input_path, replace_dir_atomic, write_json_atomic, w
 from .files import check_model_folder
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'TOY_CHAT_TEMPLATE', 'ASSISTANT_HEADER', 'END_OF_TURN', 'IMAGE_PAD',
+__all__ = ['SPECIAL_TOKENS', 'TOY_CHARSET', 'TOY_CHAT_TEMPLATE', 'ASSISTANT_HEADER', 'END_OF_TURN', 'IMAGE_PAD', 'FINE_GLYPH_SUB',
            'MODEL_INPUT_KEYS', 'build_tokenizer', 'build_image_processor', 'find_chat_template', 'pixel_bounds',
            'set_pixel_bounds', 'Encoded', 'VLProcessor', 'AnswerCollator', 'cell_centres', 'cell_colours',
            'model_inputs', 'toy_teacher_config', 'Teacher', 'build_toy_teacher', 'save_teacher', 'load_teacher',
@@ -318,6 +318,10 @@ class VLProcessor:
                 f"max_length={self.max_length}, pixels={self.pixels}, template={'checkpoint' if self.chat_template else 'toy'})")
 
 # %% ../nbs/07_teacher.ipynb #ae65ab2c
+#: Cells per patch side of the decoder's glyph targets: half-patch cells (8 px at patch 16), finer than the narrowest glyph
+#: advance of HEED-Synth's fonts (0.6 x 14 px), so two glyphs of a label never share a cell, as they can share a patch.
+FINE_GLYPH_SUB = 2
+
 class AnswerCollator:
     "Rows → model batch with answer-only labels; `padding_side='left'` and `with_answers=False` for generation."
     def __init__(self, processor: VLProcessor, padding_side: str = "right", with_answers: bool = True,
@@ -340,6 +344,9 @@ class AnswerCollator:
             gt = [glyph_targets(r, image_size=size, patch=self.processor.patch, merge=self.processor.merge,
                                 alphabet=self.alphabet) for r in rows]
             batch["glyph_targets"] = torch.as_tensor(np.stack(gt))
+            batch["fine_glyph_targets"] = torch.as_tensor(np.stack([  # half-patch cells: what the decoder_glyph head reads
+                glyph_targets(r, image_size=size, patch=self.processor.patch, merge=self.processor.merge, alphabet=self.alphabet,
+                              sub=FINE_GLYPH_SUB) for r in rows]))
             batch["cell_targets"] = torch.as_tensor([list(r["cell_shapes"]) for r in rows], dtype=torch.long)
             batch["colour_targets"] = torch.as_tensor([cell_colours(r) for r in rows], dtype=torch.long)
             batch["centre_targets"] = torch.as_tensor([cell_centres(r, size) for r in rows], dtype=torch.float32)
