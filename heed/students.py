@@ -25,7 +25,8 @@ from .synth import CATEGORY_GROUPS
 from .train import fingerprint, load_config
 
 # %% auto #0
-__all__ = ['teacher_sha', 'as_overrides', 'stage_done', 'run_stage', 'run_two_at_a_time', 'capability_levels', 'capability_table']
+__all__ = ['SCORES', 'teacher_sha', 'as_overrides', 'stage_done', 'run_stage', 'run_two_at_a_time', 'test_set_key',
+           'write_scores', 'read_scores', 'stage_scored', 'capability_levels', 'capability_table']
 
 # %% ../nbs/22_students.ipynb #f084aabe
 def teacher_sha(teacher_dir) -> str:
@@ -76,6 +77,46 @@ def run_two_at_a_time(tasks: Sequence[Callable[[], object]]) -> list:
         for t in ths: t.join()
         if errors: raise errors[0]
     return results
+
+# %% ../nbs/22_students.ipynb #5c0e7a12
+SCORES = "scores.jsonl"
+
+def test_set_key(rows) -> str:
+    "sha1 naming a test set by its examples' ids, categories and answers, in order (a `datasets` split or a list of rows)."
+    h = hashlib.sha1()
+    for r in rows: h.update((json.dumps([str(r.get("id")), r.get("category"), r.get("answer")]) + "\n").encode())
+    return h.hexdigest()
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else str(v)
+
+def write_scores(out, key: str, examples: pd.DataFrame) -> Path:
+    "Save a stage's per-example scores (`heed.evaluate.EvalResult.examples`) on the test set `key` to `out/scores.jsonl`, atomically."
+    cols = [c for c in ("id", "category", "answer", "prediction", "exact_match") if c in examples.columns]
+    if "exact_match" not in cols or "category" not in cols: raise ValueError(f"examples with columns {list(examples.columns)}: need category and exact_match")
+    lines = [json.dumps({"test_set": key, "n": len(examples)})]
+    lines += [json.dumps(r, default=_plain) for r in examples[cols].to_dict("records")]
+    return write_text_atomic(Path(out) / SCORES, "\n".join(lines) + "\n")
+
+def read_scores(out, key: str) -> pd.DataFrame | None:
+    "A stage's per-example scores on the test set `key`; None when it has none, or only for another test set."
+    f = Path(out) / SCORES
+    if not f.is_file(): return None
+    lines = f.read_text().splitlines()
+    head = json.loads(lines[0]) if lines else {}
+    if head.get("test_set") != key: return None
+    df = pd.DataFrame([json.loads(l) for l in lines[1:]])
+    if len(df) != head.get("n"): raise ValueError(f"{f}: {len(df)} example lines, its header says {head.get('n')} (a truncated file?)")
+    return df
+
+def stage_scored(out, preset: str, overrides: Sequence[str], sha: str, key: str) -> bool:
+    "Does `out` hold this run (as `stage_done` checks it) and its scores on the test set `key`? Its model may have been removed."
+    out = Path(out)
+    if not (out / "result.json").is_file() or read_scores(out, key) is None: return False
+    if not (out / "teacher.sha1").is_file() or (out / "teacher.sha1").read_text() != sha: return False
+    want = load_config(preset, list(overrides))
+    have = load_config(yaml.safe_load((out / "config.yaml").read_text()) | {"resume": False})
+    return fingerprint(want) == fingerprint(have) and want.steps == have.steps
 
 # %% ../nbs/22_students.ipynb #762dcabf
 def capability_levels(cats: Sequence[str]) -> list[tuple[str, list[str]]]:
