@@ -18,9 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['REPOSITORY', 'SSD_BACKENDS', 'project_root', 'home_dir', 'figures_dir', 'data_dir', 'home_path', 'shipped_dir',
-           'input_path', 'fsync_dir', 'atomic_path', 'write_text_atomic', 'write_json_atomic', 'replace_dir_atomic',
-           'mamba_ssm_status', 'ssd_backend', 'env_report', 'format_report']
+__all__ = ['REPOSITORY', 'SSD_BACKENDS', 'project_root', 'home_dir', 'figures_dir', 'data_dir', 'home_path', 'project_relative',
+           'at_home', 'shipped_dir', 'input_path', 'fsync_dir', 'atomic_path', 'write_text_atomic', 'write_json_atomic',
+           'replace_dir_atomic', 'mamba_ssm_status', 'ssd_backend', 'env_report', 'format_report']
 
 # %% ../nbs/00_env.ipynb #8f62269b
 def _is_root(d: Path) -> bool:
@@ -53,6 +53,20 @@ def home_path(p) -> Path:
     "A path from a config or the command line: absolute as given, else relative to the project root (or cwd outside a clone)."
     p = Path(p).expanduser()
     return p if p.is_absolute() else home_dir() / p
+
+def project_relative(p) -> str:
+    "How a config names a path: relative to the project root when it lies inside it (a committed config names no machine), else absolute."
+    p = home_path(p)
+    try: return str(p.resolve().relative_to(home_dir()))
+    except ValueError: return str(p)
+
+@contextlib.contextmanager
+def at_home():
+    """Run a block with the project root as working directory, so that the relative paths of a config written with
+    `project_relative` (whose `output_dir` `heed train` takes as typed) land in the project wherever the caller stands."""
+    old = os.getcwd(); os.chdir(home_dir())
+    try: yield home_dir()
+    finally: os.chdir(old)
 
 # %% ../nbs/00_env.ipynb #f18a139b
 REPOSITORY = "https://github.com/heed-vlm/heed"  # settings.ini's git_url (a test keeps them equal)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .env import home_dir, home_path, input_path, replace_dir_atomic, write_json_atomic, write_text_atomic
+from .env import at_home, home_dir, home_path, input_path, project_relative, replace_dir_atomic, write_json_atomic, write_text_atomic
 from .teacher import FINE_GLYPH_SUB, model_inputs
 from .data import synth_evaluator, synth_splits
 from .files import read_jsonl
@@ -208,11 +208,6 @@ TEACHER_RECIPE_V2 = (
                  steps=1000, lr=1e-3, warmup_steps=100, log_every=50, eval_every=250, eval_examples=128, save_every=250)),
 )
 
-def _as_given(p: Path) -> str:
-    "A path inside the project as a config keeps it (relative to the project root, so a committed config names no machine); others absolute."
-    try: return str(Path(p).relative_to(home_dir()))
-    except ValueError: return str(p)
-
 def _stage_config(name: str, ov: dict, stages: Path, profile: str, resume: bool = False) -> TrainConfig:
     "The config of one stage; `resume=True` continues the stage's own interrupted run (its folder holds a checkpoint)."
     ov = dict(ov)
@@ -227,9 +222,9 @@ def _stage_config(name: str, ov: dict, stages: Path, profile: str, resume: bool 
             if (stages / name).exists(): shutil.rmtree(stages / name)
             shutil.copytree(stages / cont, stages / name, ignore=shutil.ignore_patterns("model", "result.json"))
         base = yaml.safe_load((stages / cont / "config.yaml").read_text())
-        return load_config(base | ov | {"output_dir": _as_given(stages / name), "resume": True})
-    d = preset(f"pretrain-{profile}") | ov | {"output_dir": _as_given(stages / name), "resume": resume}
-    if init: d["init"] = _as_given(stages / init / "model")
+        return load_config(base | ov | {"output_dir": project_relative(stages / name), "resume": True})
+    d = preset(f"pretrain-{profile}") | ov | {"output_dir": project_relative(stages / name), "resume": resume}
+    if init: d["init"] = project_relative(stages / init / "model")
     return load_config(d)
 
 def _stage_finished(folder: Path) -> bool:
@@ -254,7 +249,7 @@ def train_teacher(output_dir, profile: str = "small", recipe=TEACHER_RECIPE, pro
             log(f"teacher stage {name}: grown from {ov['grow']}"); _grow_stage(folder, ov); continue
         cfg = _stage_config(name, ov, stages, profile, resume=resume and find_checkpoint(folder) is not None)
         log(f"teacher stage {name}: {cfg.steps} steps" + (f", from {cfg.init}" if cfg.init else "") + (", resumed" if cfg.resume else ""))
-        train(cfg, progress=progress)
+        with at_home(): train(cfg, progress=progress)   # the stage config names project folders relatively
     result = assemble_teacher(root, recipe)
     for name, _ in recipe:  # kept: each stage's config, log and result; not kept: optimiser states and intermediate models
         shutil.rmtree(stages / name / "checkpoint", ignore_errors=True); shutil.rmtree(stages / name / "model", ignore_errors=True)

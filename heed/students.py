@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .env import write_text_atomic
+from .env import home_dir, project_relative, write_text_atomic
 from .stats import percentile_interval, two_level_bootstrap_means
 from .synth import CATEGORY_GROUPS
 from .train import fingerprint, load_config
@@ -43,14 +43,23 @@ def as_overrides(values: Mapping) -> list[str]:
         out.append(f"{k}={v}")
     return out
 
-def stage_done(out, preset: str, overrides: Sequence[str], sha: str) -> bool:
-    "Does `out` hold a finished run of `preset` + `overrides` distilled from the teacher whose weights hash to `sha`?"
-    out = Path(out)
-    if not ((out / "result.json").is_file() and (out / "model" / "config.json").is_file()): return False
+def _same_run(out: Path, preset: str, overrides: Sequence[str], sha: str) -> bool:
+    """Is `out`'s run the one `preset` + `overrides` asks for, from the teacher whose weights hash to `sha`? The teacher is
+    matched by that hash, not by where its folder lies, and `init` by the place it names, however it is written."""
+    if not (out / "result.json").is_file(): return False
     if not (out / "teacher.sha1").is_file() or (out / "teacher.sha1").read_text() != sha: return False
     want = load_config(preset, list(overrides))
     have = load_config(yaml.safe_load((out / "config.yaml").read_text()) | {"resume": False})
-    return fingerprint(want) == fingerprint(have) and want.steps == have.steps
+    a, b = fingerprint(want), fingerprint(have)
+    for f in (a, b):
+        f.pop("teacher")
+        if f["init"]: f["init"] = project_relative(f["init"])
+    return a == b and want.steps == have.steps
+
+def stage_done(out, preset: str, overrides: Sequence[str], sha: str) -> bool:
+    "Does `out` hold a finished run, with its model, of `preset` + `overrides` distilled from the teacher whose weights hash to `sha`?"
+    out = Path(out)
+    return (out / "model" / "config.json").is_file() and _same_run(out, preset, overrides, sha)
 
 def run_stage(out, preset: str, overrides: Sequence[str], sha: str) -> dict:
     "Train one stage into `out` (or reuse it, see `stage_done`) → its result.json, plus `reused`."
@@ -59,7 +68,9 @@ def run_stage(out, preset: str, overrides: Sequence[str], sha: str) -> dict:
     if out.exists(): shutil.rmtree(out)
     heed_bin = str(Path(sys.executable).parent / "heed")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    r = subprocess.run([heed_bin, "train", preset, *overrides, f"output_dir={out}"], capture_output=True, text=True, env=env)
+    # from the project root: a folder inside it is named relatively (the committed config holds no machine's path)
+    r = subprocess.run([heed_bin, "train", preset, *overrides, f"output_dir={project_relative(out)}"], capture_output=True,
+                       text=True, env=env, cwd=home_dir())
     if r.returncode: raise RuntimeError(f"heed train {preset} for {out} failed:\n{r.stderr[-3000:]}")
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
     write_text_atomic(out / "teacher.sha1", sha)
@@ -112,11 +123,7 @@ def read_scores(out, key: str) -> pd.DataFrame | None:
 def stage_scored(out, preset: str, overrides: Sequence[str], sha: str, key: str) -> bool:
     "Does `out` hold this run (as `stage_done` checks it) and its scores on the test set `key`? Its model may have been removed."
     out = Path(out)
-    if not (out / "result.json").is_file() or read_scores(out, key) is None: return False
-    if not (out / "teacher.sha1").is_file() or (out / "teacher.sha1").read_text() != sha: return False
-    want = load_config(preset, list(overrides))
-    have = load_config(yaml.safe_load((out / "config.yaml").read_text()) | {"resume": False})
-    return fingerprint(want) == fingerprint(have) and want.steps == have.steps
+    return read_scores(out, key) is not None and _same_run(out, preset, overrides, sha)
 
 # %% ../nbs/22_students.ipynb #762dcabf
 def capability_levels(cats: Sequence[str]) -> list[tuple[str, list[str]]]:
