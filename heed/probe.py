@@ -303,20 +303,23 @@ def top_fraction_region(values, tokens: VisualTokens, fraction: float = 0.1) -> 
     return out
 
 # %% ../nbs/10_probe.ipynb #fe561384
-def trained_models(data_dir, profile: str, seeds: Sequence[int], weightings: Sequence[str] = ("uniform", "heed")) -> dict:
-    "{'teacher': path, (weighting, seed): path, ...}; FileNotFoundError naming each missing checkpoint and who makes it."
+def trained_models(data_dir, profile: str, seeds: Sequence[int], weightings: Sequence[str] = ("uniform", "heed"),
+                   teacher: str = "teacher", students: str = "students", tag: str = "",
+                   made_by: str = "50_uniform_vs_heed") -> dict:
+    """{'teacher': path, (weighting, seed): path, ...}; FileNotFoundError naming each missing checkpoint and who makes it.
+    World v1 by default; world v2's are `teacher="teacher-v2", students="students-v2"` with the folder `tag` of its knobs."""
     data_dir = Path(data_dir)
     found, missing = {}, []
-    t = data_dir / "teacher" / "model"
+    t = data_dir / teacher / "model"
     if (t / "config.json").is_file(): found["teacher"] = t
-    else: missing.append(f"{t} (the toy teacher: committed, or rebuilt by nbs/experiments/40_teacher.ipynb)")
+    else: missing.append(f"{t} (the toy teacher: committed, or rebuilt by its recipe, heed.recipe.train_teacher)")
     for w in weightings:
         for s in seeds:
-            root = data_dir / "students" / profile / f"{w}-s{s}"
+            root = data_dir / students / profile / f"{w}-s{s}{tag}"
             hit = next((p for p in (root / "distill" / "model", root / "model") if (p / "config.json").is_file()), None)
             if hit is not None: found[(w, s)] = hit
-            else: missing.append(f"{root / 'distill' / 'model'} ({w} student, seed {s}: made by nbs/experiments/50_uniform_vs_heed.ipynb "
-                                 f"at profile {profile!r}, `heed reproduce --profile {profile} --only uniform_vs_heed`)")
+            else: missing.append(f"{root / 'distill' / 'model'} ({w} student, seed {s}: made by nbs/experiments/{made_by}.ipynb "
+                                 f"at profile {profile!r}, `heed reproduce --profile {profile} --only {made_by.split('_', 1)[1]}`)")
     if missing:
         raise FileNotFoundError("missing trained model(s):\n  " + "\n  ".join(missing))
     return found
