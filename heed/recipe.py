@@ -197,15 +197,15 @@ _AUX_V2 = {"scene_cell": 1.0, "scene_colour": 1.0, "decoder_glyph": 1.0}
 #: The v2 teacher's recipe: v1's teacher grown to the v2 decoder (`grow_teacher`), then trained on world v2. From scratch,
 #: the 8-layer decoder without DeepStack on 256-px canvases did not learn to answer in 3,000 steps (an hour on one core:
 #: answer loss flat at 1.6-1.8 from step 150, held-out colour 9.7%; `data/teacher-v2/levers/v2a-scratch-*`).
+_V2_DATA = dict(WORLD_V2, n_train=40000, n_val=256, n_test=64)   # what stages v2b and v2c share: the world and the schedule
+_V2_SCHEDULE = dict(lr=1e-3, warmup_steps=100, log_every=50, eval_every=250, eval_examples=128, save_every=250)
 TEACHER_RECIPE_V2 = (
     ("v2-grow", dict(grow="data/teacher/model", model=MODEL_V2)),
-    ("v2b", dict(init="v2-grow", data=dict(WORLD_V2, n_train=40000, n_val=256, n_test=64), aux=_AUX_V2, steps=2000, lr=1e-3,
-                 warmup_steps=100, log_every=50, eval_every=250, eval_examples=128, save_every=250)),
+    ("v2b", dict(init="v2-grow", data=_V2_DATA, aux=_AUX_V2, steps=2000, **_V2_SCHEDULE)),
     # v2b answers everything, but its replaced layers barely touch the visual tokens (premise gate 1: 0.12x). With
     # `decoder_context` the visual tokens must also name their left neighbour's glyphs at layer 3, which only those layers'
     # attention can bring them: gate 1 went to 0.31x after 250 steps (`data/teacher-v2/levers/README.md`).
-    ("v2c", dict(init="v2b", data=dict(WORLD_V2, n_train=40000, n_val=256, n_test=64), aux=_AUX_V2 | {"decoder_context": 1.0},
-                 steps=1000, lr=1e-3, warmup_steps=100, log_every=50, eval_every=250, eval_examples=128, save_every=250)),
+    ("v2c", dict(init="v2b", data=_V2_DATA, aux=_AUX_V2 | {"decoder_context": 1.0}, steps=1000, **_V2_SCHEDULE)),
 )
 
 def _stage_config(name: str, ov: dict, stages: Path, profile: str, resume: bool = False) -> TrainConfig:

@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from .env import home_dir, project_relative, write_text_atomic
+from .files import read_jsonl
 from .stats import percentile_interval, two_level_bootstrap_means
 from .synth import CATEGORY_GROUPS
 from .train import fingerprint, load_config
@@ -112,11 +113,9 @@ def write_scores(out, key: str, examples: pd.DataFrame) -> Path:
 def read_scores(out, key: str) -> pd.DataFrame | None:
     "A stage's per-example scores on the test set `key`; None when it has none, or only for another test set."
     f = Path(out) / SCORES
-    if not f.is_file(): return None
-    lines = f.read_text().splitlines()
-    head = json.loads(lines[0]) if lines else {}
+    head, *rows = read_jsonl(f) or [{}]
     if head.get("test_set") != key: return None
-    df = pd.DataFrame([json.loads(l) for l in lines[1:]])
+    df = pd.DataFrame(rows)
     if len(df) != head.get("n"): raise ValueError(f"{f}: {len(df)} example lines, its header says {head.get('n')} (a truncated file?)")
     return df
 
