@@ -1,6 +1,6 @@
 """Which gate should `hybridize` default to? Align-stage loss and held-out accuracy after a fixed budget, several seeds.
 
-For each student variant (gate, x/B layout) and seed: build the student from the committed toy teacher with
+For each student variant (gate, x/B layout) and seed: build the student from the committed world-v1 toy teacher with
 `hybridize(teacher, gate=..., xb=...)` (the seed draws its fresh parameters), measure the alignment loss on held-out
 examples, run the align stage (`heed train`'s align job: only the Mamba mixers learn, density-weighted residual
 alignment) for a fixed number of steps, then measure the held-out alignment loss again and greedy answer accuracy on
@@ -93,10 +93,10 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    teacher_dir = data_dir() / "teacher" / "model"
+    teacher_dir = data_dir() / "teacher-v1" / "model"
     if not (teacher_dir / "config.json").is_file():
-        raise SystemExit(f"no teacher at {teacher_dir}: it is committed with the repository (data/teacher/model)")
-    tcfg = load_config(str(data_dir() / "teacher" / "config.yaml"), ["resume=false"])
+        raise SystemExit(f"no teacher at {teacher_dir}: it is committed with the repository (data/teacher-v1/model)")
+    tcfg = load_config(str(data_dir() / "teacher-v1" / "config.yaml"), ["resume=false"])
     data = {**tcfg.data, "n_train": max(4000, args.steps * args.batch), "n_val": max(args.eval, args.loss_examples), "n_test": 8}
     print(f"variants {args.variants}, seeds {args.seeds}, align {args.steps} steps x batch {args.batch}, "
           f"held-out: accuracy on {args.eval}, align loss on {args.loss_examples}; out {args.out}", flush=True)

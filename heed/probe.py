@@ -19,10 +19,10 @@ from .stats import bootstrap_mean, percentile_interval, resample_counts
 from .teacher import model_inputs
 
 # %% auto #0
-__all__ = ['VisualTokens', 'visual_tokens', 'token_density', 'density_deciles', 'by_decile', 'top_bottom_ratio', 'residual_drift',
-           'answer_logprob', 'ImageFeatures', 'image_features', 'encoder_outputs', 'masking_contribution',
-           'answer_region', 'top_decile_precision', 'Attribution', 'layer_attribution', 'region_share',
-           'spatial_attribution_loss', 'top_fraction_region', 'trained_models']
+__all__ = ['WORLDS', 'VisualTokens', 'visual_tokens', 'token_density', 'density_deciles', 'by_decile', 'top_bottom_ratio',
+           'residual_drift', 'answer_logprob', 'ImageFeatures', 'image_features', 'encoder_outputs',
+           'masking_contribution', 'answer_region', 'top_decile_precision', 'Attribution', 'layer_attribution',
+           'region_share', 'spatial_attribution_loss', 'top_fraction_region', 'trained_models']
 
 # %% ../nbs/10_probe.ipynb #52efdf6d
 @dataclass
@@ -303,11 +303,23 @@ def top_fraction_region(values, tokens: VisualTokens, fraction: float = 0.1) -> 
     return out
 
 # %% ../nbs/10_probe.ipynb #fe561384
+#: Each world's folders under the data folder: its teacher, its students (`<students>/<profile>/<weighting>-s<seed><tag>`)
+#: and the notebook that distils them. World v2's student folders carry the tag of the knob 55_three_arms changes from the
+#: defaults (align_weight=10, piloted there): keep the two in step.
+WORLDS = {
+    "v2": dict(teacher="teacher", students="students-v2", tag="-aw10.0", made_by="55_three_arms"),
+    "v1": dict(teacher="teacher-v1", students="students-v1", tag="", made_by="50_uniform_vs_heed"),
+}
+
 def trained_models(data_dir, profile: str, seeds: Sequence[int], weightings: Sequence[str] = ("uniform", "heed"),
-                   teacher: str = "teacher", students: str = "students", tag: str = "",
-                   made_by: str = "50_uniform_vs_heed") -> dict:
-    """{'teacher': path, (weighting, seed): path, ...}; FileNotFoundError naming each missing checkpoint and who makes it.
-    World v1 by default; world v2's are `teacher="teacher-v2", students="students-v2"` with the folder `tag` of its knobs."""
+                   world: str = "v2", **folders) -> dict:
+    """{'teacher': path, (weighting, seed): path, ...} of a world (`WORLDS`; `folders` overrides any of its entries);
+    FileNotFoundError naming each missing checkpoint and who makes it."""
+    if world not in WORLDS: raise ValueError(f"world={world!r}: expected one of {sorted(WORLDS)}")
+    bad = sorted(set(folders) - set(WORLDS[world]))
+    if bad: raise TypeError(f"trained_models: unknown folder key(s) {bad}; expected some of {sorted(WORLDS[world])}")
+    w_ = WORLDS[world] | folders
+    teacher, students, tag, made_by = w_["teacher"], w_["students"], w_["tag"], w_["made_by"]
     data_dir = Path(data_dir)
     found, missing = {}, []
     t = data_dir / teacher / "model"

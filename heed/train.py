@@ -27,9 +27,9 @@ from .env import input_path, replace_dir_atomic, write_text_atomic
 from .files import read_json, read_jsonl, read_yaml_mapping
 
 # %% auto #0
-__all__ = ['JOBS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'PRESETS', 'ACCELERATE_CONFIGS', 'JOB_BUILDERS', 'TrainConfig',
-           'density_settings', 'set_override', 'load_config', 'config_dict', 'fingerprint', 'preset', 'write_presets',
-           'lr_factor', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'find_checkpoint', 'Job',
+__all__ = ['JOBS', 'FINGERPRINT_FIELDS', 'TEACHER_WORLD', 'TEACHER_WORLD_V2', 'PRESETS', 'ACCELERATE_CONFIGS', 'JOB_BUILDERS',
+           'TrainConfig', 'density_settings', 'set_override', 'load_config', 'config_dict', 'fingerprint', 'preset',
+           'write_presets', 'lr_factor', 'NonFiniteLoss', 'check_finite', 'check_fingerprint', 'find_checkpoint', 'Job',
            'term_grad_norms', 'train', 'check_pair', 'shard_frozen', 'pretrain_job', 'align_job', 'distill_job',
            'sft_job', 'build_job']
 
@@ -216,15 +216,20 @@ _JOB_DEFAULTS = {
     "distill": dict(lr=3e-4, teacher="data/teacher/model"),
     "sft": dict(lr=1e-4),
 }
-#: The toy teacher's world (measured in nbs/experiments/40_teacher.ipynb): 1-2 shapes per scene, receipt rows one blank row
-#: apart, position pairs with a clear axis, text and lookup questions oversampled. A single `pretrain-*` run is one stage;
-#: the committed teacher is the curriculum TEACHER_RECIPE below (from scratch in one run, key-value lookup lagged far behind).
+#: The world-v1 teacher's world (measured in nbs/experiments/40_teacher.ipynb): 1-2 shapes per scene, receipt rows one blank
+#: row apart, position pairs with a clear axis, text and lookup questions oversampled, 128-px images. A single `pretrain-*`
+#: run is one stage; the v1 teacher (`data/teacher-v1`) is the curriculum heed.recipe.TEACHER_RECIPE (from scratch in one
+#: run, key-value lookup lagged far behind).
 TEACHER_WORLD = dict(shapes=[1, 2], doc_row_gap=[2, 2], position_margin=1.5,
                      mix=dict(colour=1, shape=1, count=0.5, position=2, label=2, char=1.5, kv=3))
+#: World v2, the default teacher's (`data/teacher`, issue #15): the same questions on 256-px canvases (64 visual tokens
+#: instead of 16), glyphs on the patch grid. The align and distill presets distil that teacher on its world.
+TEACHER_WORLD_V2 = dict(TEACHER_WORLD, image_size=256, grid_aligned=True)
 _JOB_PROFILE = {
     ("pretrain", "smoke"): dict(data=TEACHER_WORLD),
     ("pretrain", "small"): dict(steps=4000, warmup_steps=200, eval_every=500, data=TEACHER_WORLD),
     ("pretrain", "full"): dict(steps=8000, warmup_steps=300, eval_every=1000, data=TEACHER_WORLD),
+    **{(job, prof): dict(data=TEACHER_WORLD_V2) for job in ("align", "distill") for prof in ("smoke", "small", "full")},
 }
 PRESETS = {f"{j}-{p}": (j, p) for j in JOBS for p in _PROFILE_SCALE}
 

@@ -254,7 +254,7 @@ def test_real_lmms_eval_evaluator_on_a_tiny_task(teacher_dir, tmp_path):
 
 # ---- the real harness (skipped without lmms-eval; `make lmms-test` runs them) ----------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = ROOT / "data" / "teacher" / "model"  # the committed toy teacher: it reads HEED-Synth colours right
+TEACHER = ROOT / "data" / "teacher-v1" / "model"  # world v1's toy teacher: it reads the 128-px HEED-Synth colours below right
 harness = pytest.mark.skipif(not LMMS_EVAL_AVAILABLE, reason="needs lmms-eval (make lmms-test runs these in .venv-lmms)")
 MC_TASK = "heed_colour_mc"
 

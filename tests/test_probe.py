@@ -203,9 +203,12 @@ def test_spatial_attribution_loss_signs(toy):
 
 
 def test_trained_models_names_what_is_missing(tmp_path):
-    (tmp_path / "teacher" / "model").mkdir(parents=True)
-    (tmp_path / "teacher" / "model" / "config.json").write_text("{}")
+    (tmp_path / "teacher-v1" / "model").mkdir(parents=True)
+    (tmp_path / "teacher-v1" / "model" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError) as e:
-        trained_models(tmp_path, "small", [0, 1])
+        trained_models(tmp_path, "small", [0, 1], world="v1")
     msg = str(e.value)
-    assert "uniform-s1" in msg and "heed-s0" in msg and "50_uniform_vs_heed" in msg and "teacher/model" not in msg
+    assert "uniform-s1" in msg and "heed-s0" in msg and "50_uniform_vs_heed" in msg and "teacher-v1/model" not in msg
+    with pytest.raises(FileNotFoundError) as e:   # world v2, the default: its teacher is data/teacher, missing here
+        trained_models(tmp_path, "small", [0])
+    assert "teacher/model" in str(e.value) and "uniform-s0-aw10.0" in str(e.value) and "55_three_arms" in str(e.value)
