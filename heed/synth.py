@@ -10,7 +10,7 @@ import io
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,6 +80,7 @@ class SynthConfig:
     backgrounds: tuple = ("gradient", "texture")
     alphabet: str = GLYPH_ALPHABET
     mix: tuple = tuple((c, 1.0) for c in CATEGORIES)
+    image_sizes: tuple = ()  # mixed canvases: each example's size drawn uniformly from these (empty: every one image_size)
 
     def __post_init__(self):
         for name in ("font_size", "text_len", "shapes", "shape_size", "doc_rows", "doc_row_gap"):
@@ -87,7 +88,17 @@ class SynthConfig:
         mix = self.mix.items() if isinstance(self.mix, dict) else self.mix
         object.__setattr__(self, "mix", tuple((str(c), float(w)) for c, w in mix))
         object.__setattr__(self, "backgrounds", tuple(self.backgrounds))
+        try: sizes = tuple(int(s) for s in ((self.image_sizes,) if isinstance(self.image_sizes, (int, np.integer)) else self.image_sizes))
+        except (TypeError, ValueError): raise ValueError(f"image_sizes={self.image_sizes!r}: expected a list of canvas sizes") from None
+        object.__setattr__(self, "image_sizes", sizes)
         self.validate()
+        for s in sizes:  # every canvas size must hold the world's labels, receipts and shapes
+            try: self.at_size(s)
+            except ValueError as e: raise ValueError(f"image_sizes={list(sizes)}: {e}") from None
+
+    def at_size(self, size: int) -> "SynthConfig":
+        "This world at one canvas size (what one example of a mixed-size world is drawn with)."
+        return replace(self, image_size=int(size), image_sizes=())
 
     @property
     def grid(self) -> int: return self.image_size // self.patch
@@ -387,10 +398,13 @@ def generate_split(split: str, n: int, seed: int, cfg: SynthConfig, progress: bo
     if n < 0: raise ValueError(f"{split}: n={n} must be >= 0")
     ss = np.random.SeedSequence([seed, SPLITS.index(split)])
     cats = category_schedule(n, cfg, np.random.default_rng(ss.spawn(1)[0]))
+    sized = [cfg.at_size(s) for s in cfg.image_sizes]
     rows = []
     bar = tqdm(total=n, desc=f"HEED-Synth {split}", unit="ex", disable=True if n == 0 else (None if progress is None else not progress), leave=False)
     for i, (c, s) in enumerate(zip(cats, ss.spawn(n + 1)[1:])):
-        ex = make_example(np.random.default_rng(s), cfg, c)
+        rng = np.random.default_rng(s)
+        at = sized[int(rng.integers(len(sized)))] if sized else cfg   # mixed canvases: the size is the example's first draw
+        ex = make_example(rng, at, c)
         buf = io.BytesIO()
         ex["image"].save(buf, format="PNG", compress_level=1)  # lossless; 2.5x faster than the default level, 25% larger
         ex["image"] = {"bytes": buf.getvalue(), "path": None}

@@ -339,23 +339,25 @@ class AnswerCollator:
         if self.aux_targets:
             from heed.synth import glyph_targets
             grid = batch["image_grid_thw"]
-            if not bool((grid == grid[0]).all()): raise ValueError("aux_targets need every image of a batch at one size")
-            size = int(grid[0, 1]) * self.processor.patch
-            gt = [glyph_targets(r, image_size=size, patch=self.processor.patch, merge=self.processor.merge,
-                                alphabet=self.alphabet) for r in rows]
-            batch["glyph_targets"] = torch.as_tensor(np.stack(gt))
-            batch["fine_glyph_targets"] = torch.as_tensor(np.stack([  # half-patch cells: what the decoder_glyph head reads
-                glyph_targets(r, image_size=size, patch=self.processor.patch, merge=self.processor.merge, alphabet=self.alphabet,
-                              sub=FINE_GLYPH_SUB) for r in rows]))
-            batch["cell_targets"] = torch.as_tensor([list(r["cell_shapes"]) for r in rows], dtype=torch.long)
-            batch["colour_targets"] = torch.as_tensor([cell_colours(r) for r in rows], dtype=torch.long)
-            batch["centre_targets"] = torch.as_tensor([cell_centres(r, size) for r in rows], dtype=torch.float32)
-            if self.ground: batch["ground_index"], batch["ground_targets"] = self.ground_targets(rows, batch, size)
+            if bool((grid[:, 1] != grid[:, 2]).any()): raise ValueError("aux_targets need square images (HEED-Synth's canvases)")
+            sizes = [int(g) * self.processor.patch for g in grid[:, 1]]
+            P, M, A = self.processor.patch, self.processor.merge, self.alphabet
+            # per visual token, images in batch order: stacked (B, T, ...) when the images share a size, else concatenated
+            # (sum of T, ...): the heads read the merged tokens flattened in the same order either way
+            join = (lambda xs: torch.as_tensor(np.stack(xs))) if len(set(sizes)) == 1 else (lambda xs: torch.as_tensor(np.concatenate(xs)))
+            batch["glyph_targets"] = join([glyph_targets(r, image_size=s, patch=P, merge=M, alphabet=A) for r, s in zip(rows, sizes)])
+            batch["fine_glyph_targets"] = join([  # half-patch cells: what the decoder_glyph head reads
+                glyph_targets(r, image_size=s, patch=P, merge=M, alphabet=A, sub=FINE_GLYPH_SUB) for r, s in zip(rows, sizes)])
+            batch["cell_targets"] = join([np.asarray(list(r["cell_shapes"]), dtype=np.int64) for r in rows])
+            batch["colour_targets"] = join([np.asarray(cell_colours(r), dtype=np.int64) for r in rows])
+            batch["centre_targets"] = join([np.asarray(cell_centres(r, s), dtype=np.float32).reshape(-1, 2) for r, s in zip(rows, sizes)])
+            if self.ground: batch["ground_index"], batch["ground_targets"] = self.ground_targets(rows, batch, sizes)
         return batch
 
-    def ground_targets(self, rows, batch, image_size: int):
+    def ground_targets(self, rows, batch, image_size):
         """Where each shape named in a question sits: (B, K) token positions of the shape words in the prompt (-1 = none)
-        and (B, K, 2) the named shape's centre in [0, 1]. Needs each shape name to be one token (the toy tokenizer's words)."""
+        and (B, K, 2) the named shape's centre in [0, 1]. Needs each shape name to be one token (the toy tokenizer's words).
+        `image_size`: the canvas size, one for the batch or one per row."""
         from heed.synth import SHAPES
         tok = self.processor.tokenizer
         ids = {tok.convert_tokens_to_ids(s): s for s in SHAPES}
@@ -365,7 +367,8 @@ class AnswerCollator:
         found = []
         for b, r in enumerate(rows):
             centre = {k: s["centre"] for k, s in _shapes_by_kind(r).items()}
-            found.append([(t, [c / image_size for c in centre[ids[int(i)]]])
+            size = image_size[b] if isinstance(image_size, (list, tuple)) else image_size
+            found.append([(t, [c / size for c in centre[ids[int(i)]]])
                           for t, i in enumerate(batch["input_ids"][b].tolist())
                           if i in ids and prompt[b, t] and batch["attention_mask"][b, t] and ids[i] in centre])
         K = max([len(f) for f in found] + [1])
