@@ -22,7 +22,7 @@ from .teacher import model_inputs
 __all__ = ['WORLDS', 'VisualTokens', 'visual_tokens', 'token_density', 'density_deciles', 'by_decile', 'top_bottom_ratio',
            'residual_drift', 'answer_logprob', 'ImageFeatures', 'image_features', 'encoder_outputs',
            'masking_contribution', 'answer_region', 'top_decile_precision', 'Attribution', 'layer_attribution',
-           'region_share', 'spatial_attribution_loss', 'top_fraction_region', 'trained_models']
+           'region_share', 'spatial_attribution_loss', 'top_fraction_region', 'trained_models', 'teacher_probe_set']
 
 # %% ../nbs/10_probe.ipynb #52efdf6d
 @dataclass
@@ -335,3 +335,13 @@ def trained_models(data_dir, profile: str, seeds: Sequence[int], weightings: Seq
     if missing:
         raise FileNotFoundError("missing trained model(s):\n  " + "\n  ".join(missing))
     return found
+
+def teacher_probe_set(teacher_dir, n: int, data_dir=None):
+    """`n` held-out HEED-Synth examples of the world the teacher in `teacher_dir` learned on: the test split of its
+    config.yaml's `data` knobs and seed (split sizes left out); the default world when the folder has no config."""
+    import yaml
+    from heed.synth import make_synth
+    cfg = Path(teacher_dir) / "config.yaml"
+    world = (yaml.safe_load(cfg.read_text()) or {}).get("data", {}) if cfg.is_file() else {}
+    knobs = {k: v for k, v in world.items() if not k.startswith("n_") and k != "seed"}
+    return make_synth(0, 0, n, seed=int(world.get("seed", 0)), data_dir=data_dir, **knobs)["test"]

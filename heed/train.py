@@ -229,7 +229,7 @@ _JOB_PROFILE = {
     ("pretrain", "smoke"): dict(data=TEACHER_WORLD),
     ("pretrain", "small"): dict(steps=4000, warmup_steps=200, eval_every=500, data=TEACHER_WORLD),
     ("pretrain", "full"): dict(steps=8000, warmup_steps=300, eval_every=1000, data=TEACHER_WORLD),
-    **{(job, prof): dict(data=TEACHER_WORLD_V2) for job in ("align", "distill") for prof in ("smoke", "small", "full")},
+    **{(job, prof): dict(data=TEACHER_WORLD_V2) for job in ("align", "distill") for prof in _PROFILE_SCALE},
 }
 PRESETS = {f"{j}-{p}": (j, p) for j in JOBS for p in _PROFILE_SCALE}
 

@@ -1,10 +1,9 @@
 """Item 6 pilot: uniform and HEED students from data/teacher-mix on a single-size world (55_three_arms' protocol), scored on
 1,024 held-out examples of that size. Usage: OMP_NUM_THREADS=1 .venv/bin/python data/students-mix/pilots/run.py SIZE SEED
 (s128/ here: run.py 128 0). Finished stages are reused (heed.students.run_stage)."""
-import sys, json, numpy as np
-from pathlib import Path
+import sys, json
 from heed.env import home_dir, project_relative
-from heed.students import as_overrides, run_stage, run_two_at_a_time, teacher_sha, test_set_key, write_scores, read_scores
+from heed.students import as_overrides, run_stage, run_two_at_a_time, teacher_sha, test_set_key, write_scores
 from heed.recipe import WORLD_V2
 from heed.data import synth_splits
 from heed.train import load_config
