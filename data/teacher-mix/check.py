@@ -1,7 +1,7 @@
 """The mixed-canvas teacher at each canvas size: held-out accuracy and premise gate 1 (null-mixer error, visual / text).
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python data/teacher-mix/check.py MODEL_DIR N_ACCURACY N_GATE
-(the numbers in README.md here: data/teacher-mix/model 256 64; 4 minutes on one thread)."""
+(the numbers in README.md here: data/teacher-mix/model 256 64; under 3 minutes on one thread)."""
 import sys, json, torch
 torch.set_num_threads(1)
 from heed.teacher import load_model, AnswerCollator, model_inputs
