@@ -90,6 +90,8 @@ EXPERIMENT_SIZES = {
         "proxy_comparison": dict(probe_examples=16),
         "attribution": dict(seeds=STUDENT_SEEDS["smoke"], ig_examples=4, gxa_examples=8, ig_steps=8, all_layers=False),
         "three_arms": dict(seeds=[0], align_steps=2, distill_steps=2, distill_lr=1e-3, batch_size=4, test_examples=16, n_train=32),
+        "answer_share": dict(canvas_sizes=[128, 256], seeds=[0], align_steps=2, distill_steps=2, distill_lr=1e-3, batch_size=4,
+                             test_examples=16, n_train=32, share_examples=8),
     },
     "small": {
         "synth_examples": dict(per_category=5, stats_examples=700),
@@ -108,6 +110,10 @@ EXPERIMENT_SIZES = {
         # world v2, >= 5 seeds and >= 1,024 held-out examples (issue #15); students committed, trained by --retrain
         "three_arms": dict(seeds=[0, 1, 2, 3, 4], align_steps=200, distill_steps=1000, distill_lr=1e-3, batch_size=16,
                            test_examples=1024, n_train=None),
+        # 55's protocol at three canvas sizes of the mixed-canvas teacher (issue #15, item 6); 20,000 training examples per
+        # size (a student sees 16,000), students committed, trained by --retrain
+        "answer_share": dict(canvas_sizes=[128, 256, 384], seeds=[0, 1, 2], align_steps=200, distill_steps=1000, distill_lr=1e-3,
+                             batch_size=16, test_examples=1024, n_train=20000, share_examples=256),
     },
     "full": {
         "synth_examples": dict(per_category=8, stats_examples=3500),
@@ -123,6 +129,8 @@ EXPERIMENT_SIZES = {
         "attribution": dict(seeds=STUDENT_SEEDS["full"], ig_examples=256, gxa_examples=1024, ig_steps=32, all_layers=True),
         "three_arms": dict(seeds=[0, 1, 2, 3, 4, 5, 6, 7], align_steps=300, distill_steps=3000, distill_lr=1e-3, batch_size=32,
                            test_examples=4096, n_train=None),
+        "answer_share": dict(canvas_sizes=[128, 256, 384], seeds=[0, 1, 2, 3, 4], align_steps=300, distill_steps=3000,
+                             distill_lr=1e-3, batch_size=32, test_examples=2048, n_train=None, share_examples=1024),
     },
 }
 
